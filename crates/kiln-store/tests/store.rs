@@ -217,7 +217,7 @@ fn prune_older_than_keeps_pinned_image_blobs_until_all() {
     let loose = store.put_blob(b"step output").unwrap();
     store.ac_put(&"b".repeat(64), b"result").unwrap();
     store
-        .tag_image("busybox:test", &pinned, &[pinned.clone()])
+        .tag_image("busybox:test", &pinned, std::slice::from_ref(&pinned))
         .unwrap();
     let vol = store.volume_dir("cargo").unwrap();
     fs::write(vol.join("data"), "cached").unwrap();
@@ -266,7 +266,7 @@ fn image_tags_round_trip_with_odd_names() {
     let (_dir, store) = new_store();
     let d = store.put_blob(b"manifest").unwrap();
     let name = "localhost:5000/team/app:v1.2";
-    store.tag_image(name, &d, &[d.clone()]).unwrap();
+    store.tag_image(name, &d, std::slice::from_ref(&d)).unwrap();
     let tag = store.resolve_tag(name).unwrap().unwrap();
     assert_eq!(tag.manifest, d);
     assert_eq!(store.list_tags().unwrap()[0].name, name);
