@@ -178,7 +178,42 @@ pub enum ContainerOp {
     },
 }
 
+impl Drop for ContainerNode {
+    // Dropping a long chain recursively would overflow the stack; unlink it
+    // one node at a time instead, stopping at a node someone else still holds.
+    fn drop(&mut self) {
+        let mut next = std::mem::replace(&mut self.op, ContainerOp::Scratch).into_parent();
+        while let Some(node) = next {
+            next = match Arc::try_unwrap(node) {
+                Ok(mut node) => std::mem::replace(&mut node.op, ContainerOp::Scratch).into_parent(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 impl ContainerOp {
+    fn into_parent(self) -> Option<Container> {
+        use ContainerOp::*;
+        match self {
+            From { .. } | Scratch => None,
+            Exec { parent, .. }
+            | WithDirectory { parent, .. }
+            | WithFile { parent, .. }
+            | WithNewFile { parent, .. }
+            | WithEnv { parent, .. }
+            | WithoutEnv { parent, .. }
+            | WithWorkdir { parent, .. }
+            | WithUser { parent, .. }
+            | WithEntrypoint { parent, .. }
+            | WithNetwork { parent, .. }
+            | WithMountedCache { parent, .. }
+            | WithMountedDirectory { parent, .. }
+            | WithSecretVariable { parent, .. }
+            | WithMountedSecret { parent, .. } => Some(parent),
+        }
+    }
+
     pub fn parent(&self) -> Option<&Container> {
         use ContainerOp::*;
         match self {
