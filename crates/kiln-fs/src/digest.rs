@@ -1,0 +1,164 @@
+//! The canonical tree encoding shared by host directories and merged views.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Version tag hashed first. Bump it whenever the encoding below changes, so
+/// digests from different encodings can never collide by accident.
+pub const TREE_DIGEST_MAGIC: &[u8] = b"kiln-fs/tree-digest/v1\0";
+
+const TAG_DIR: u8 = 1;
+const TAG_FILE: u8 = 2;
+const TAG_SYMLINK: u8 = 3;
+
+/// What a tree entry is. Only what the digest covers is recorded: no
+/// ownership, timestamps or permission bits other than "executable".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Dir,
+    File {
+        /// The owner-execute bit (`S_IXUSR`), the same rule git uses.
+        executable: bool,
+        size: u64,
+        /// BLAKE3 of the file's bytes.
+        content: [u8; 32],
+    },
+    Symlink {
+        target: PathBuf,
+    },
+}
+
+/// One entry of a tree, relative to the tree's root (no leading `/`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TreeEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+}
+
+/// The bytes entries are ordered and encoded by: the path's normal components
+/// joined with `/`, so `a//b` and `a/./b` encode like `a/b`.
+pub(crate) fn path_key(path: &Path) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.as_os_str().len());
+    for c in path.components() {
+        if let Component::Normal(name) = c {
+            if !out.is_empty() {
+                out.push(b'/');
+            }
+            out.extend_from_slice(name.as_bytes());
+        }
+    }
+    out
+}
+
+/// Sorts entries by path bytes, the order [`tree_digest`] and
+/// [`crate::HostTree::entries`] use.
+pub fn sort_entries(entries: &mut [TreeEntry]) {
+    entries.sort_by_cached_key(|e| path_key(&e.path));
+}
+
+fn put_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Canonical digest of a tree. See the crate documentation for the encoding.
+///
+/// The entries need not be sorted; they are encoded in path-byte order.
+pub fn tree_digest(entries: &[TreeEntry]) -> [u8; 32] {
+    let mut keyed: Vec<(Vec<u8>, &TreeEntry)> =
+        entries.iter().map(|e| (path_key(&e.path), e)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut h = blake3::Hasher::new();
+    h.update(TREE_DIGEST_MAGIC);
+    h.update(&(keyed.len() as u64).to_le_bytes());
+    for (key, entry) in keyed {
+        put_bytes(&mut h, &key);
+        match &entry.kind {
+            EntryKind::Dir => {
+                h.update(&[TAG_DIR]);
+            }
+            EntryKind::File {
+                executable,
+                size,
+                content,
+            } => {
+                h.update(&[TAG_FILE, u8::from(*executable)]);
+                h.update(&size.to_le_bytes());
+                h.update(content);
+            }
+            EntryKind::Symlink { target } => {
+                h.update(&[TAG_SYMLINK]);
+                put_bytes(&mut h, target.as_os_str().as_bytes());
+            }
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, bytes: &[u8], executable: bool) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            kind: EntryKind::File {
+                executable,
+                size: bytes.len() as u64,
+                content: *blake3::hash(bytes).as_bytes(),
+            },
+        }
+    }
+
+    #[test]
+    fn order_of_input_does_not_matter() {
+        let a = vec![file("a", b"1", false), file("b/c", b"2", true)];
+        let b = vec![a[1].clone(), a[0].clone()];
+        assert_eq!(tree_digest(&a), tree_digest(&b));
+    }
+
+    #[test]
+    fn path_spelling_is_normalised() {
+        assert_eq!(path_key(Path::new("a//b/./c")), b"a/b/c");
+        assert_eq!(path_key(Path::new("./a")), b"a");
+    }
+
+    #[test]
+    fn sorting_is_by_bytes_not_components() {
+        let mut v = vec![
+            file("a/b", b"", false),
+            file("a-b", b"", false),
+            file("a", b"", false),
+        ];
+        sort_entries(&mut v);
+        let names: Vec<_> = v.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, [PathBuf::from("a"), "a-b".into(), "a/b".into()]);
+    }
+
+    #[test]
+    fn field_boundaries_are_unambiguous() {
+        // Without length prefixes, "ab" -> "c" and "a" -> "bc" could encode
+        // the same byte stream.
+        let l = |p: &str, t: &str| TreeEntry {
+            path: p.into(),
+            kind: EntryKind::Symlink { target: t.into() },
+        };
+        assert_ne!(tree_digest(&[l("ab", "c")]), tree_digest(&[l("a", "bc")]));
+        // An empty dir is content too.
+        let d = TreeEntry {
+            path: "d".into(),
+            kind: EntryKind::Dir,
+        };
+        assert_ne!(tree_digest(&[]), tree_digest(&[d]));
+        // Kinds differ even with identical names.
+        assert_ne!(
+            tree_digest(&[file("x", b"", false)]),
+            tree_digest(&[l("x", "")])
+        );
+        assert_ne!(
+            tree_digest(&[file("x", b"", false)]),
+            tree_digest(&[file("x", b"", true)])
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Hashing host directories and materializing them into layers.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use filetime::FileTime;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::WalkBuilder;
+
+use crate::digest::{path_key, tree_digest, EntryKind, TreeEntry};
+use crate::error::{io_at, Error};
+use crate::util::{
+    check_rel, create_work_dir, hash_copy, is_dir_empty, is_executable, open_beneath, parallel_try,
+    running_as_root,
+};
+
+/// Name of kiln's own ignore files; same syntax as `.gitignore`.
+pub const KILNIGNORE: &str = ".kilnignore";
+
+/// Which files of a host directory take part.
+///
+/// Both lists hold gitignore-style globs relative to the root. A path takes
+/// part when it is not ignored by a `.gitignore`/`.kilnignore`, not matched by
+/// `exclude`, and — if `include` is non-empty — it or one of its parent
+/// directories matches `include`. Directories that only lead to included
+/// paths are kept so those paths have parents; others are dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+/// A hashed host directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTree {
+    /// The canonicalized root directory.
+    pub root: PathBuf,
+    /// Sorted by path bytes; the root itself is not an entry.
+    pub entries: Vec<TreeEntry>,
+    pub digest: [u8; 32],
+}
+
+impl HostTree {
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
+fn build_matcher(root: &Path, patterns: &[String]) -> Result<Gitignore, Error> {
+    // Root "." keeps the matcher from stripping prefixes: we only ever pass
+    // root-relative paths.
+    let mut b = GitignoreBuilder::new(".");
+    for p in patterns {
+        b.add_line(None, p).map_err(|e| Error::Filter {
+            path: root.to_path_buf(),
+            pattern: p.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    b.build().map_err(|e| Error::Filter {
+        path: root.to_path_buf(),
+        pattern: patterns.join(" "),
+        message: e.to_string(),
+    })
+}
+
+fn ignore_error_path(err: &ignore::Error) -> Option<&Path> {
+    match err {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            ignore_error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child),
+        ignore::Error::Partial(errs) => errs.iter().find_map(ignore_error_path),
+        _ => None,
+    }
+}
+
+enum Found {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// Walk and hash a host directory.
+///
+/// Honours `.gitignore` files (also outside a git repository) and
+/// `.kilnignore` files found inside `root` (not in its parents, nor git's
+/// global or `info/exclude` files: the result must depend only on what is
+/// under `root`), then the [`Filter`]. `.kilnignore` rules take precedence
+/// over `.gitignore` rules, so `!pattern` there can re-include a file git
+/// ignores. Never follows symlinks (except `root` itself); always skips
+/// anything named `.git` (a directory, or the gitlink file of a worktree or
+/// submodule); hidden files are included unless ignored. Special files are
+/// skipped with a warning.
+pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
+    let root = fs::canonicalize(root).map_err(io_at(root))?;
+    if !fs::metadata(&root).map_err(io_at(&root))?.is_dir() {
+        return Err(Error::NotADirectory { path: root });
+    }
+    let exclude = Arc::new(build_matcher(&root, &filter.exclude)?);
+    let include = build_matcher(&root, &filter.include)?;
+
+    let mut builder = WalkBuilder::new(&root);
+    builder
+        .standard_filters(false)
+        .hidden(false)
+        .parents(false)
+        .ignore(false)
+        .git_global(false)
+        .git_exclude(false)
+        .git_ignore(true)
+        .require_git(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(KILNIGNORE);
+    {
+        let root = root.clone();
+        builder.filter_entry(move |e| {
+            if e.depth() == 0 {
+                return true;
+            }
+            if e.file_name() == ".git" {
+                return false;
+            }
+            let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+            match e.path().strip_prefix(&root) {
+                Ok(rel) => !exclude.matched(rel, is_dir).is_ignore(),
+                Err(_) => true,
+            }
+        });
+    }
+
+    let mut found: Vec<(PathBuf, Found)> = Vec::new();
+    for item in builder.build() {
+        let entry = item.map_err(|e| Error::Walk {
+            path: ignore_error_path(&e).unwrap_or(&root).to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(err) = entry.error() {
+            // A malformed line in an ignore file: git skips such lines too.
+            tracing::warn!(path = %entry.path().display(), "ignore file problem: {err}");
+        }
+        if entry.depth() == 0 {
+            continue;
+        }
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
+        let rel = match entry.path().strip_prefix(&root) {
+            Ok(rel) => rel.to_path_buf(),
+            Err(_) => {
+                return Err(Error::Walk {
+                    path: entry.path().to_path_buf(),
+                    message: "walk left the root directory".into(),
+                })
+            }
+        };
+        let kind = if ft.is_dir() {
+            Found::Dir
+        } else if ft.is_file() {
+            Found::File
+        } else if ft.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(io_at(entry.path()))?;
+            Found::Symlink(target)
+        } else {
+            tracing::warn!(path = %entry.path().display(), "skipping special file");
+            continue;
+        };
+        found.push((rel, kind));
+    }
+
+    if !filter.include.is_empty() {
+        let matched: Vec<bool> = found
+            .iter()
+            .map(|(rel, kind)| {
+                include
+                    .matched_path_or_any_parents(rel, matches!(kind, Found::Dir))
+                    .is_ignore()
+            })
+            .collect();
+        let mut needed: HashSet<PathBuf> = HashSet::new();
+        for ((rel, _), m) in found.iter().zip(&matched) {
+            if *m {
+                needed.extend(rel.ancestors().skip(1).map(Path::to_path_buf));
+            }
+        }
+        let mut keep = matched.into_iter();
+        found.retain(|(rel, _)| keep.next().unwrap_or(false) || needed.contains(rel));
+    }
+
+    found.sort_by_cached_key(|(rel, _)| path_key(rel));
+
+    let root_fd = File::open(&root).map_err(io_at(&root))?;
+    let entries = parallel_try(&found, |(rel, kind)| {
+        let kind = match kind {
+            Found::Dir => EntryKind::Dir,
+            Found::Symlink(target) => EntryKind::Symlink {
+                target: target.clone(),
+            },
+            Found::File => hash_file_beneath(&root_fd, &root, rel)?,
+        };
+        Ok(TreeEntry {
+            path: rel.clone(),
+            kind,
+        })
+    })?;
+    let digest = tree_digest(&entries);
+    Ok(HostTree {
+        root,
+        entries,
+        digest,
+    })
+}
+
+fn hash_file_beneath(root_fd: &File, root: &Path, rel: &Path) -> Result<EntryKind, Error> {
+    let path = root.join(rel);
+    let mut f = open_beneath(root_fd, root, rel).map_err(|e| changed_or_io(&path, e))?;
+    let meta = f.metadata().map_err(io_at(&path))?;
+    if !meta.is_file() {
+        return Err(Error::Changed { path });
+    }
+    let (size, content) = hash_copy(&mut f, None).map_err(io_at(&path))?;
+    Ok(EntryKind::File {
+        executable: is_executable(&meta),
+        size,
+        content,
+    })
+}
+
+/// Errors that mean "the tree no longer looks like when we listed it".
+fn changed_or_io(path: &Path, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => Error::Changed {
+            path: path.to_path_buf(),
+        },
+        _ => Error::io(path, e),
+    }
+}
+
+/// Copy a hashed tree into `dest`.
+///
+/// `dest` must be an empty directory or not exist yet (it is then created,
+/// with its missing parents). Files get mode 0644 or 0755 by the executable
+/// bit, directories (including `dest`) 0755, everything is owned by root when
+/// running as root, and all timestamps are the Unix epoch, so two copies of
+/// the same tree are byte-for-byte identical layers. Every file is re-hashed
+/// while copying; a file (or symlink) that differs from the tree yields
+/// [`Error::Changed`]. On error `dest` is left partially filled: the caller
+/// owns it and discards the layer being built.
+pub fn materialize_host_tree(tree: &HostTree, dest: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {
+            if !is_dir_empty(dest)? {
+                return Err(Error::NotEmpty {
+                    path: dest.to_path_buf(),
+                });
+            }
+        }
+        Ok(_) => {
+            return Err(Error::NotADirectory {
+                path: dest.to_path_buf(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dest).map_err(io_at(dest))?;
+        }
+        Err(e) => return Err(Error::io(dest, e)),
+    }
+
+    // Parents must be directories created by us, so a crafted entry list
+    // (a symlink "a" followed by "a/x") cannot write outside `dest`.
+    let mut dirs: HashSet<&Path> = HashSet::new();
+    dirs.insert(Path::new(""));
+    let mut created = Vec::new();
+    for entry in &tree.entries {
+        check_rel(&entry.path)?;
+        let parent = entry.path.parent().unwrap_or(Path::new(""));
+        if !dirs.contains(parent) {
+            return Err(Error::InvalidPath {
+                path: entry.path.clone(),
+                reason: "parent directory is not an earlier directory entry",
+            });
+        }
+        if entry.kind == EntryKind::Dir {
+            create_work_dir(&dest.join(&entry.path), false)?;
+            dirs.insert(&entry.path);
+            created.push(entry.path.as_path());
+        }
+    }
+
+    let as_root = running_as_root();
+    let root_fd = File::open(&tree.root).map_err(io_at(&tree.root))?;
+    let others: Vec<&TreeEntry> = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir)
+        .collect();
+    parallel_try(&others, |entry| {
+        let src = tree.root.join(&entry.path);
+        let dst = dest.join(&entry.path);
+        match &entry.kind {
+            EntryKind::Dir => Ok(()),
+            EntryKind::File {
+                executable,
+                size,
+                content,
+            } => {
+                let mut from = open_beneath(&root_fd, &tree.root, &entry.path)
+                    .map_err(|e| changed_or_io(&src, e))?;
+                let meta = from.metadata().map_err(io_at(&src))?;
+                if !meta.is_file() || is_executable(&meta) != *executable {
+                    return Err(Error::Changed { path: src });
+                }
+                let mut to = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&dst)
+                    .map_err(io_at(&dst))?;
+                let (n, hash) = hash_copy(&mut from, Some(&mut to)).map_err(io_at(&src))?;
+                if n != *size || hash != *content {
+                    return Err(Error::Changed { path: src });
+                }
+                if as_root {
+                    std::os::unix::fs::fchown(&to, Some(0), Some(0)).map_err(io_at(&dst))?;
+                }
+                let mode = if *executable { 0o755 } else { 0o644 };
+                to.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io_at(&dst))?;
+                filetime::set_file_handle_times(&to, Some(FileTime::zero()), Some(FileTime::zero()))
+                    .map_err(io_at(&dst))
+            }
+            EntryKind::Symlink { target } => {
+                let now = fs::read_link(&src).map_err(|e| changed_or_io(&src, e))?;
+                if now != *target {
+                    return Err(Error::Changed { path: src });
+                }
+                std::os::unix::fs::symlink(target, &dst).map_err(io_at(&dst))?;
+                if as_root {
+                    std::os::unix::fs::lchown(&dst, Some(0), Some(0)).map_err(io_at(&dst))?;
+                }
+                filetime::set_symlink_file_times(&dst, FileTime::zero(), FileTime::zero())
+                    .map_err(io_at(&dst))
+            }
+        }
+    })?;
+
+    // Children before parents: writing a child bumps the parent's mtime.
+    created.sort_by_cached_key(|p| std::cmp::Reverse(path_key(p)));
+    for rel in created.iter().copied().chain([Path::new("")]) {
+        let dir = dest.join(rel);
+        if as_root {
+            std::os::unix::fs::lchown(&dir, Some(0), Some(0)).map_err(io_at(&dir))?;
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_at(&dir))?;
+        filetime::set_file_times(&dir, FileTime::zero(), FileTime::zero()).map_err(io_at(&dir))?;
+    }
+    Ok(())
+}
