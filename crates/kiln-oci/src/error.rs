@@ -1,0 +1,119 @@
+use std::path::PathBuf;
+
+/// Errors from image handling. Each names the image, layer, archive entry or
+/// path at fault, and where there is an obvious next step, says it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] kiln_store::Error),
+
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid image reference {reference:?}: {why}")]
+    InvalidReference { reference: String, why: String },
+
+    #[error("{path} is not an image kiln can import: {why} (expected an OCI image layout directory, an OCI archive or a `docker save` tarball)")]
+    UnknownFormat { path: PathBuf, why: String },
+
+    #[error("image {image}: {why}")]
+    BadImage { image: String, why: String },
+
+    #[error("image {image}: blob {digest} does not match its digest (its content hashes to {actual}); the image is damaged and the blob was not stored")]
+    BlobMismatch {
+        image: String,
+        digest: String,
+        actual: String,
+    },
+
+    #[error("image {image} has no manifest for {wanted}; it has: {available}")]
+    NoPlatform {
+        image: String,
+        wanted: String,
+        available: String,
+    },
+
+    #[error("{path} holds {} images ({}); {why}", names.len(), names.join(", "))]
+    AmbiguousImage {
+        path: PathBuf,
+        names: Vec<String>,
+        why: String,
+    },
+
+    #[error("{path}: image {manifest} has no name (no org.opencontainers.image.ref.name annotation or RepoTags); pass a tag to import it under")]
+    UnnamedImage { path: PathBuf, manifest: String },
+
+    #[error("{path} holds no image")]
+    NoImages { path: PathBuf },
+
+    #[error("image {reference} is not in the store at {} (looked for {name}); import it first with `kiln image import PATH`, where PATH is an OCI layout directory, an OCI archive or a `docker save` tarball", store.display())]
+    ImageNotFound {
+        reference: String,
+        name: String,
+        store: PathBuf,
+    },
+
+    #[error("image {image} is damaged in the store: {source}; re-import the image")]
+    DamagedImage {
+        image: String,
+        #[source]
+        source: kiln_store::Error,
+    },
+
+    #[error("layer {layer} cannot be read from the store: {source}; re-import the image that uses this layer")]
+    LayerBlob {
+        layer: String,
+        #[source]
+        source: kiln_store::Error,
+    },
+
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error("refusing layer entry {entry:?}: {why}")]
+    UnsafeEntry { entry: String, why: String },
+
+    #[error("layer entry {entry:?}: {action} {path:?}: {source}")]
+    Unpack {
+        entry: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("layer data is truncated or corrupt ({context}): {source}")]
+    CorruptLayer {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("layer is {0}-compressed, which kiln does not read; use an uncompressed, gzip or zstd layer")]
+    UnsupportedCompression(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) trait IoContext<T> {
+    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            action,
+            path: path.into(),
+            source,
+        })
+    }
+}
