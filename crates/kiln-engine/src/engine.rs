@@ -1,0 +1,213 @@
+//! The engine handle: the open store, the runtime, in-process memo of solved
+//! values, registered secrets and event subscribers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use futures::future::{BoxFuture, Shared};
+use kiln_graph::{Filter, Key, SecretNode, SecretSource};
+use kiln_scrub::Redactor;
+use kiln_store::Store;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::events::{Event, StepId};
+use crate::solve::Solved;
+
+/// How to open an engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// The store directory (see `Store::default_root`).
+    pub store: PathBuf,
+    /// The OCI runtime binary: runc, or a compatible one (crun, youki).
+    pub runtime: PathBuf,
+    /// How many steps may run at once.
+    pub max_parallel_steps: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            store: Store::default_root(),
+            runtime: std::env::var_os("KILN_RUNTIME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("runc")),
+            // Steps are mostly waiting on I/O or on each other (a test suite
+            // waiting for a service), so allow more than one per core.
+            max_parallel_steps: std::thread::available_parallelism()
+                .map(|n| n.get() * 4)
+                .unwrap_or(8)
+                .max(8),
+        }
+    }
+}
+
+/// A handle on the engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) type SolveFuture = Shared<BoxFuture<'static, Result<Arc<Solved>>>>;
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub runtime: kiln_exec::Runtime,
+    pub steps: Semaphore,
+    /// In-process results by key, so a value used twice is solved once.
+    pub memo: Mutex<HashMap<Key, SolveFuture>>,
+    pub images: Mutex<HashMap<String, Arc<kiln_oci::Image>>>,
+    pub host_trees: Mutex<HashMap<(PathBuf, Filter), Arc<kiln_fs::HostTree>>>,
+    pub secrets: Mutex<HashMap<SecretNode, Arc<Vec<u8>>>>,
+    pub redactor: RwLock<Redactor>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    next_step: AtomicU64,
+}
+
+static GLOBAL: OnceLock<Result<Engine>> = OnceLock::new();
+
+impl Engine {
+    /// Opens the store and checks the runtime. Cleans up after kiln
+    /// processes that were killed mid-step (their mounts and containers).
+    pub fn open(options: EngineOptions) -> Result<Engine> {
+        let store = Store::open(&options.store)?;
+        let runtime = kiln_exec::Runtime::new(options.runtime.clone(), store.runtime_state_dir());
+        match crate::solve::cleanup_stale_runs(&store, &runtime) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "cleaned up steps left by killed kiln processes"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not clean up steps left by killed kiln processes")
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                steps: Semaphore::new(options.max_parallel_steps.max(1)),
+                memo: Mutex::new(HashMap::new()),
+                images: Mutex::new(HashMap::new()),
+                host_trees: Mutex::new(HashMap::new()),
+                secrets: Mutex::new(HashMap::new()),
+                redactor: RwLock::new(Redactor::empty()),
+                subscribers: Mutex::new(Vec::new()),
+                next_step: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The process-wide engine used by `Container::from` and friends, opened
+    /// on first use with [`EngineOptions::default`] unless
+    /// [`Engine::set_global`] installed one first.
+    pub fn global() -> Result<Engine> {
+        GLOBAL
+            .get_or_init(|| Engine::open(EngineOptions::default()))
+            .clone()
+    }
+
+    /// Installs `engine` as the process-wide engine. Returns false if one
+    /// was already in use.
+    pub fn set_global(engine: Engine) -> bool {
+        GLOBAL.set(Ok(engine)).is_ok()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Progress events from now on. Dropping the receiver unsubscribes.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.subscribers).push(tx);
+        rx
+    }
+
+    /// Registers a secret read from an environment variable. The value is
+    /// read now, so a missing variable is reported before anything runs.
+    pub fn secret_from_env(&self, var: &str) -> Result<crate::Secret> {
+        self.secret(SecretNode {
+            name: var.to_owned(),
+            source: SecretSource::Env(var.to_owned()),
+        })
+    }
+
+    /// Registers a secret read from a file.
+    pub fn secret_from_file(&self, path: impl AsRef<Path>) -> Result<crate::Secret> {
+        let path = path.as_ref();
+        self.secret(SecretNode {
+            name: path.display().to_string(),
+            source: SecretSource::File(path.to_owned()),
+        })
+    }
+
+    fn secret(&self, node: SecretNode) -> Result<crate::Secret> {
+        self.inner.resolve_secret(&node)?;
+        Ok(crate::Secret {
+            node: Arc::new(node),
+        })
+    }
+
+    /// Scrubs registered secret values from text, for front ends that print
+    /// messages built from step output.
+    pub fn redact(&self, text: &str) -> String {
+        read(&self.inner.redactor).redact_str(text)
+    }
+}
+
+impl Inner {
+    pub fn emit(&self, event: Event) {
+        lock(&self.subscribers).retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    pub fn next_step(&self) -> StepId {
+        StepId(self.next_step.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The value of a secret, read once and remembered; registering it
+    /// updates the redactor before any step can print it.
+    pub fn resolve_secret(&self, node: &SecretNode) -> Result<Arc<Vec<u8>>> {
+        if let Some(value) = lock(&self.secrets).get(node) {
+            return Ok(value.clone());
+        }
+        let value = match &node.source {
+            SecretSource::Env(var) => std::env::var_os(var)
+                .map(std::os::unix::ffi::OsStringExt::into_vec)
+                .ok_or_else(|| Error::Secret {
+                    name: node.name.clone(),
+                    why: format!("environment variable {var} is not set"),
+                })?,
+            SecretSource::File(path) => std::fs::read(path).map_err(|e| Error::Secret {
+                name: node.name.clone(),
+                why: format!("cannot read {}: {e}", path.display()),
+            })?,
+        };
+        let value = Arc::new(value);
+        let mut secrets = lock(&self.secrets);
+        secrets.insert(node.clone(), value.clone());
+        // A value read from a file usually ends in a newline that a step
+        // will not print along with it; mask the trimmed form as well.
+        let redactor = Redactor::new(secrets.values().flat_map(|v| {
+            let trimmed = v.strip_suffix(b"\n").unwrap_or(v);
+            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+            [v.as_slice(), trimmed]
+        }));
+        *self.redactor.write().unwrap_or_else(|e| e.into_inner()) = redactor;
+        Ok(value)
+    }
+
+    pub fn redactor(&self) -> Redactor {
+        read(&self.redactor).clone()
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the maps it guards stay
+/// consistent because every update is a single insert.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,85 @@
+use std::sync::Arc;
+
+/// Errors from solving a graph. Cloneable because one failed step fails
+/// every consumer waiting on it.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error("image {reference} is not in the store at {store}; import it with `kiln image import PATH --tag {reference}`")]
+    ImageNotFound { reference: String, store: String },
+    #[error("{0}")]
+    Oci(Arc<kiln_oci::Error>),
+    #[error("{0}")]
+    Store(Arc<kiln_store::Error>),
+    #[error("{0}")]
+    Fs(Arc<kiln_fs::Error>),
+    #[error("{0}")]
+    Exec(Arc<kiln_exec::Error>),
+    #[error("{}", failure_message(.0))]
+    StepFailed(Arc<StepFailure>),
+    #[error("secret {name}: {why}")]
+    Secret { name: String, why: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {path} does not exist")]
+    NotFound { what: &'static str, path: String },
+    #[error("could not open the engine: {0}")]
+    Open(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A step that exited other than expected: its command, status and the
+/// tail of its output (already scrubbed of secrets).
+#[derive(Debug)]
+pub struct StepFailure {
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub expected: kiln_graph::Expect,
+    pub output_tail: String,
+}
+
+/// How many lines of a failed step's output an error shows.
+pub const TAIL_LINES: usize = 30;
+
+fn failure_message(f: &StepFailure) -> String {
+    let status = match (f.exit_code, f.signal) {
+        (_, Some(sig)) => format!("was killed by signal {sig}"),
+        (Some(code), None) => format!("exited with code {code}"),
+        (None, None) => "ended without an exit status".to_owned(),
+    };
+    let expectation = match f.expected {
+        kiln_graph::Expect::Failure => " (a failure was expected)",
+        _ => "",
+    };
+    let mut msg = format!("step `{}` {status}{expectation}", f.command);
+    if !f.output_tail.is_empty() {
+        msg.push_str(&format!(
+            "\n--- last {TAIL_LINES} lines of output ---\n{}",
+            f.output_tail.trim_end()
+        ));
+    }
+    msg
+}
+
+macro_rules! from_arc {
+    ($variant:ident, $ty:ty) => {
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::$variant(Arc::new(e))
+            }
+        }
+    };
+}
+from_arc!(Oci, kiln_oci::Error);
+from_arc!(Store, kiln_store::Error);
+from_arc!(Fs, kiln_fs::Error);
+from_arc!(Exec, kiln_exec::Error);
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Error {
+        Error::Internal(format!("background task failed: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

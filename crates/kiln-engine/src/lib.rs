@@ -1,0 +1,27 @@
+//! The kiln engine: solves a graph of container operations in real OCI
+//! containers, re-running only what changed.
+//!
+//! Layers below: `kiln-graph` (values and keys), `kiln-store` (the
+//! content-addressed store), `kiln-oci` (images), `kiln-fs` (trees, views,
+//! export), `kiln-exec` (runc on overlayfs), `kiln-scrub` (secret redaction).
+//!
+//! The solver ([`solve`](crate::solve)) keys the whole requested graph first
+//! (hashing host directories by content), then walks it from the top:
+//! a node whose key is in the action cache is done without touching its
+//! inputs; others solve their inputs concurrently and run. Progress is a
+//! stream of [`Event`]s from [`Engine::subscribe`]. Every byte of step output
+//! passes through a streaming redactor holding all secrets registered with
+//! the engine before it reaches an event, the cache or an error.
+
+mod api;
+mod config;
+mod engine;
+mod error;
+mod events;
+mod solve;
+
+pub use api::{CacheVolume, Container, Directory, ExecOptions, File, Secret};
+pub use engine::{Engine, EngineOptions};
+pub use error::{Error, Result, StepFailure, TAIL_LINES};
+pub use events::{Event, Outcome, StepId, Stream};
+pub use kiln_graph::{Expect, Sharing};

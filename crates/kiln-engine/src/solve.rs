@@ -1,0 +1,1193 @@
+//! The solver: turns graph nodes into filesystem states, from the action
+//! cache when it can, by running steps when it must.
+//!
+//! Every solved value is an [`FsState`]: a stack of immutable layers in the
+//! store plus a path inside it (`/` for a container, the directory or file
+//! path for the others). Operations that change a filesystem (exec, copying
+//! a directory or file in, writing a new file, removing a path) produce one
+//! new layer, and their result is recorded in the action cache under the
+//! operation's key. A cache hit needs nothing but that record: the inputs
+//! are not solved, no image is unpacked and no container runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::future::{BoxFuture, FutureExt};
+use kiln_graph::{
+    Container, ContainerOp, Directory, DirectoryOp, Expect, File, FileOp, Key, KeyBuilder, Keyer,
+    LeafKeys, NetworkMode, SecretNode, Sharing,
+};
+use kiln_store::Digest;
+
+use crate::config::{config_of, join_under, Mount};
+use crate::engine::{lock, Inner};
+use crate::error::{Error, Result, StepFailure, TAIL_LINES};
+use crate::events::{Event, Outcome, Stream};
+
+/// A solved value: layers (bottom first) and a path within them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FsState {
+    pub layers: Vec<String>,
+    pub path: String,
+    /// The output of the most recent step in a container's chain.
+    #[serde(default)]
+    pub last_exec: Option<ExecOutput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Digest,
+    pub stderr: Digest,
+}
+
+pub(crate) type Solved = FsState;
+
+impl FsState {
+    fn root() -> FsState {
+        FsState {
+            layers: Vec::new(),
+            path: "/".into(),
+            last_exec: None,
+        }
+    }
+
+    pub fn view(&self, inner: &Inner) -> kiln_fs::MergedView {
+        kiln_fs::MergedView::new(
+            self.layers
+                .iter()
+                .rev()
+                .map(|id| inner.store.layer_path(id))
+                .collect(),
+        )
+    }
+}
+
+/// Keys for one solve: leaves come from the store and the host.
+pub(crate) struct Leaves {
+    inner: Arc<Inner>,
+}
+
+impl LeafKeys for Leaves {
+    type Error = Error;
+
+    fn image(&mut self, reference: &str) -> Result<Key> {
+        let image = self.inner.load_image(reference)?;
+        Ok(KeyBuilder::new("image")
+            .str(&image.manifest_digest.to_string())
+            .finish())
+    }
+
+    fn host_directory(&mut self, path: &Path, filter: &kiln_graph::Filter) -> Result<Key> {
+        let fs_filter = kiln_fs::Filter {
+            include: filter.include.clone(),
+            exclude: filter.exclude.clone(),
+        };
+        let tree = kiln_fs::hash_host_dir(path, &fs_filter)?;
+        let key = Key(tree.digest);
+        lock(&self.inner.host_trees).insert((path.to_owned(), filter.clone()), Arc::new(tree));
+        Ok(key)
+    }
+
+    fn secret(&mut self, secret: &SecretNode) -> Result<Key> {
+        let value = self.inner.resolve_secret(secret)?;
+        Ok(Key(*blake3::keyed_hash(
+            self.inner.store.secret_salt(),
+            &value,
+        )
+        .as_bytes()))
+    }
+}
+
+/// The keys of every node reachable from what is being solved.
+#[derive(Clone)]
+pub(crate) struct Keys(Arc<Mutex<Keyer<Leaves>>>);
+
+impl Keys {
+    pub fn new(inner: Arc<Inner>) -> Keys {
+        Keys(Arc::new(Mutex::new(Keyer::new(Leaves { inner }))))
+    }
+    pub fn container(&self, c: &Container) -> Result<Key> {
+        lock(&self.0).container(c)
+    }
+    pub fn directory(&self, d: &Directory) -> Result<Key> {
+        lock(&self.0).directory(d)
+    }
+    pub fn file(&self, f: &File) -> Result<Key> {
+        lock(&self.0).file(f)
+    }
+}
+
+/// What is being asked for.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Container(Container),
+    Directory(Directory),
+    File(File),
+}
+
+/// Solves one value: keys the graph (hashing host directories on a blocking
+/// thread), then walks it.
+pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsState>> {
+    let keys = Keys::new(inner.clone());
+    let keyed = {
+        let keys = keys.clone();
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || match &target {
+            Target::Container(c) => keys.container(c).map(drop),
+            Target::Directory(d) => keys.directory(d).map(drop),
+            Target::File(f) => keys.file(f).map(drop),
+        })
+        .await?
+    };
+    keyed?;
+    let solver = Solver { inner, keys };
+    match target {
+        Target::Container(c) => solver.container(c).await,
+        Target::Directory(d) => solver.directory(d).await,
+        Target::File(f) => solver.file(f).await,
+    }
+}
+
+#[derive(Clone)]
+struct Solver {
+    inner: Arc<Inner>,
+    keys: Keys,
+}
+
+impl Solver {
+    /// Runs `compute` once per key in this process: concurrent requests for
+    /// the same value share one computation.
+    fn memoized(
+        &self,
+        key: Key,
+        compute: impl FnOnce() -> BoxFuture<'static, Result<Arc<FsState>>>,
+    ) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        let fut = {
+            let mut memo = lock(&self.inner.memo);
+            match memo.get(&key) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let shared = compute().shared();
+                    memo.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        let inner = self.inner.clone();
+        async move {
+            let result = fut.await;
+            // A failure is not remembered: a later attempt may succeed
+            // (a flaky network, a fixed input file).
+            if result.is_err() {
+                lock(&inner.memo).remove(&key);
+            }
+            result
+        }
+        .boxed()
+    }
+
+    fn container(&self, c: Container) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        let key = match self.keys.container(&c) {
+            Ok(k) => k,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let this = self.clone();
+        self.memoized(key, move || {
+            async move { this.container_uncached(c, key).await.map(Arc::new) }.boxed()
+        })
+    }
+
+    async fn container_uncached(&self, c: Container, key: Key) -> Result<FsState> {
+        match &c.op {
+            ContainerOp::From { reference } => self.pull(reference).await,
+            ContainerOp::Scratch => Ok(FsState::root()),
+            ContainerOp::Exec {
+                parent,
+                args,
+                expect,
+            } => {
+                let name = self.step_name(args);
+                let (parent, args, expect) = (parent.clone(), args.clone(), *expect);
+                let label = name.clone();
+                self.cached(key, &label, async move {
+                    self.exec(&c, parent, args, expect, key, &name).await
+                })
+                .await
+            }
+            ContainerOp::WithDirectory { parent, path, dir } => {
+                let name = format!("copy directory to {path}");
+                self.cached(key, &name.clone(), async {
+                    let cfg = self.config(&c)?;
+                    let target = cfg.absolute(path);
+                    let (base, dir) = futures::try_join!(
+                        self.container(parent.clone()),
+                        self.directory(dir.clone())
+                    )?;
+                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
+                        let dest = prepare_target(base_view, staged, &target)?;
+                        dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
+                        Ok(())
+                    })
+                    .await
+                })
+                .await
+            }
+            ContainerOp::WithFile { parent, path, file } => {
+                let name = format!("copy file to {path}");
+                self.cached(key, &name.clone(), async {
+                    let target = self.config(&c)?.absolute(path);
+                    let (base, file) = futures::try_join!(
+                        self.container(parent.clone()),
+                        self.file(file.clone())
+                    )?;
+                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
+                        link_file(inner, &file, base_view, staged, &target)
+                    })
+                    .await
+                })
+                .await
+            }
+            ContainerOp::WithNewFile {
+                parent,
+                path,
+                contents,
+                mode,
+            } => {
+                let name = format!("write file {path}");
+                let (contents, mode) = (contents.clone(), *mode);
+                self.cached(key, &name.clone(), async {
+                    let target = self.config(&c)?.absolute(path);
+                    let base = self.container(parent.clone()).await?;
+                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
+                        write_new_file(base_view, staged, &target, &contents, mode)
+                    })
+                    .await
+                })
+                .await
+            }
+            // Configuration only: the filesystem is the parent's.
+            other => match other.parent() {
+                Some(parent) => self.container(parent.clone()).await.map(|s| (*s).clone()),
+                None => Ok(FsState::root()),
+            },
+        }
+    }
+
+    fn directory(&self, d: Directory) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        let key = match self.keys.directory(&d) {
+            Ok(k) => k,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let this = self.clone();
+        self.memoized(key, move || {
+            async move { this.directory_uncached(d, key).await.map(Arc::new) }.boxed()
+        })
+    }
+
+    async fn directory_uncached(&self, d: Directory, key: Key) -> Result<FsState> {
+        match &d.op {
+            DirectoryOp::Host { path, filter } => self.host_directory(path, filter, key).await,
+            DirectoryOp::Empty => Ok(FsState::root()),
+            DirectoryOp::FromContainer { container, path } => {
+                let path = self.config(container)?.absolute(path);
+                let base = self.container(container.clone()).await?;
+                self.subpath(&base, &path, "directory").await
+            }
+            DirectoryOp::Subdirectory { parent, path } => {
+                let base = self.directory(parent.clone()).await?;
+                let path = join_under(&base.path, path);
+                self.subpath(&base, &path, "directory").await
+            }
+            DirectoryOp::WithDirectory { parent, path, dir } => {
+                let name = format!("copy directory to {path}");
+                let path = path.clone();
+                self.cached(key, &name.clone(), async {
+                    let (base, dir) = futures::try_join!(
+                        self.directory(parent.clone()),
+                        self.directory(dir.clone())
+                    )?;
+                    let target = join_under(&base.path, &path);
+                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
+                        let dest = prepare_target(base_view, staged, &target)?;
+                        dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
+                        Ok(())
+                    })
+                    .await
+                })
+                .await
+            }
+            DirectoryOp::WithFile { parent, path, file } => {
+                let name = format!("copy file to {path}");
+                let path = path.clone();
+                self.cached(key, &name.clone(), async {
+                    let (base, file) = futures::try_join!(
+                        self.directory(parent.clone()),
+                        self.file(file.clone())
+                    )?;
+                    let target = join_under(&base.path, &path);
+                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
+                        link_file(inner, &file, base_view, staged, &target)
+                    })
+                    .await
+                })
+                .await
+            }
+            DirectoryOp::WithNewFile {
+                parent,
+                path,
+                contents,
+                mode,
+            } => {
+                let name = format!("write file {path}");
+                let (path, contents, mode) = (path.clone(), contents.clone(), *mode);
+                self.cached(key, &name.clone(), async {
+                    let base = self.directory(parent.clone()).await?;
+                    let target = join_under(&base.path, &path);
+                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
+                        write_new_file(base_view, staged, &target, &contents, mode)
+                    })
+                    .await
+                })
+                .await
+            }
+            DirectoryOp::Without { parent, path } => {
+                let name = format!("remove {path}");
+                let path = path.clone();
+                self.cached(key, &name.clone(), async {
+                    let base = self.directory(parent.clone()).await?;
+                    let target = join_under(&base.path, &path);
+                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
+                        if base_view.lookup(Path::new(&target))?.is_some() {
+                            let dir = prepare_target(base_view, staged, &parent_of(&target))?;
+                            let name = Path::new(&target)
+                                .file_name()
+                                .ok_or_else(|| Error::Invalid(format!("cannot remove {target}")))?;
+                            kiln_fs::write_whiteout(&dir.join(name))?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                })
+                .await
+            }
+        }
+    }
+
+    fn file(&self, f: File) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        let key = match self.keys.file(&f) {
+            Ok(k) => k,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let this = self.clone();
+        self.memoized(key, move || {
+            async move {
+                let state = match &f.op {
+                    FileOp::FromContainer { container, path } => {
+                        let path = this.config(container)?.absolute(path);
+                        let base = this.container(container.clone()).await?;
+                        this.subpath(&base, &path, "file").await?
+                    }
+                    FileOp::FromDirectory { dir, path } => {
+                        let base = this.directory(dir.clone()).await?;
+                        let path = join_under(&base.path, path);
+                        this.subpath(&base, &path, "file").await?
+                    }
+                };
+                Ok(Arc::new(state))
+            }
+            .boxed()
+        })
+    }
+
+    /// A directory or file inside a solved state; checked to exist now so the
+    /// error names the path rather than surfacing later in a copy.
+    async fn subpath(&self, base: &FsState, path: &str, what: &'static str) -> Result<FsState> {
+        let state = FsState {
+            layers: base.layers.clone(),
+            path: path.to_owned(),
+            last_exec: None,
+        };
+        let inner = self.inner.clone();
+        let probe = state.clone();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let found = probe.view(&inner).lookup(Path::new(&probe.path))?;
+            let is_dir = |m: &std::fs::Metadata| m.is_dir();
+            match found {
+                Some(loc) if what == "directory" && is_dir(&loc.metadata) => Ok(()),
+                Some(loc) if what == "file" && !is_dir(&loc.metadata) => Ok(()),
+                Some(_) => Err(Error::Invalid(format!("{path} is not a {what}"))),
+                None => Err(Error::NotFound { what, path }),
+            }
+        })
+        .await??;
+        Ok(state)
+    }
+
+    fn config(&self, c: &Container) -> Result<crate::config::RunConfig> {
+        config_of(&self.inner, c)
+    }
+
+    /// Returns the cached result for `key` if it is complete and intact;
+    /// otherwise computes it and records it.
+    async fn cached<F>(&self, key: Key, name: &str, compute: F) -> Result<FsState>
+    where
+        F: std::future::Future<Output = Result<FsState>>,
+    {
+        if let Some(state) = self.lookup(key).await? {
+            let step = self.inner.next_step();
+            self.inner.emit(Event::Cached {
+                step,
+                name: name.to_owned(),
+                key: key.short(),
+            });
+            return Ok(state);
+        }
+        let state = compute.await?;
+        let record = serde_json::to_vec(&state)
+            .map_err(|e| Error::Internal(format!("encode cache record: {e}")))?;
+        self.inner.store.ac_put(&key.to_hex(), &record)?;
+        Ok(state)
+    }
+
+    async fn lookup(&self, key: Key) -> Result<Option<FsState>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let hex = key.to_hex();
+            let Some(record) = inner.store.ac_get(&hex)? else {
+                return Ok(None);
+            };
+            let state: FsState = match serde_json::from_slice(&record) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(key = %key.short(), error = %e, "unreadable cache record dropped");
+                    inner.store.ac_remove(&hex);
+                    return Ok(None);
+                }
+            };
+            // A record is only as good as what it points at: layers pruned or
+            // output blobs damaged since make it a miss, and the step re-runs.
+            let layers_present = state.layers.iter().all(|l| inner.store.has_layer(l));
+            let outputs_intact = state.last_exec.as_ref().is_none_or(|out| {
+                inner.store.verify_blob(&out.stdout).is_ok()
+                    && inner.store.verify_blob(&out.stderr).is_ok()
+            });
+            if !(layers_present && outputs_intact) {
+                tracing::info!(key = %key.short(), "cache record refers to missing data; recomputing");
+                inner.store.ac_remove(&hex);
+                return Ok(None);
+            }
+            for layer in &state.layers {
+                inner.store.touch_layer(layer);
+            }
+            Ok(Some(state))
+        })
+        .await?
+    }
+
+    /// Builds one new layer on top of `base` in a staging directory, then
+    /// commits it under a name derived from the operation's key.
+    async fn build_layer<B>(
+        &self,
+        key: Key,
+        name: &str,
+        base: &FsState,
+        build: B,
+    ) -> Result<FsState>
+    where
+        B: FnOnce(&Inner, &Path, &kiln_fs::MergedView) -> Result<()> + Send + 'static,
+    {
+        let step = self.inner.next_step();
+        let started = Instant::now();
+        self.inner.emit(Event::Started {
+            step,
+            name: name.to_owned(),
+            key: key.short(),
+        });
+        let inner = self.inner.clone();
+        let base_for_build = base.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<String> {
+            let staged = inner.store.stage_dir()?;
+            let view = base_for_build.view(&inner);
+            build(&inner, staged.path(), &view)?;
+            let id = format!("l-{}", key.to_hex());
+            inner.store.commit_layer(staged, &id)?;
+            Ok(id)
+        })
+        .await
+        .map_err(Error::from)
+        .and_then(|r| r);
+        self.finish(
+            step,
+            name,
+            started,
+            result.as_ref().map(|_| 0).map_err(|e| e.to_string()),
+        );
+        let id = result?;
+        let mut state = base.clone();
+        state.layers.push(id);
+        Ok(state)
+    }
+
+    fn finish(
+        &self,
+        step: crate::events::StepId,
+        name: &str,
+        started: Instant,
+        result: std::result::Result<i32, String>,
+    ) {
+        self.inner.emit(Event::Finished {
+            step,
+            name: name.to_owned(),
+            duration: started.elapsed(),
+            outcome: match result {
+                Ok(exit_code) => Outcome::Succeeded { exit_code },
+                Err(message) => Outcome::Failed { message },
+            },
+        });
+    }
+
+    async fn pull(&self, reference: &str) -> Result<FsState> {
+        let image = self.inner.load_image(reference)?;
+        let mut unpacks = Vec::new();
+        for layer in &image.layers {
+            let inner = self.inner.clone();
+            let layer = layer.clone();
+            let reference = reference.to_owned();
+            let this = self.clone();
+            unpacks.push(async move {
+                if inner.store.has_layer(layer.digest.hex()) {
+                    inner.store.touch_layer(layer.digest.hex());
+                    return Ok(layer.digest.hex().to_owned());
+                }
+                let name = format!("unpack {reference} layer {}", layer.digest.short());
+                let step = inner.next_step();
+                let started = Instant::now();
+                inner.emit(Event::Started {
+                    step,
+                    name: name.clone(),
+                    key: layer.digest.short().to_owned(),
+                });
+                let result = {
+                    let inner = inner.clone();
+                    let layer = layer.clone();
+                    tokio::task::spawn_blocking(move || {
+                        kiln_oci::ensure_unpacked(&inner.store, &layer)
+                    })
+                    .await
+                    .map_err(Error::from)
+                    .and_then(|r| r.map_err(Error::from))
+                };
+                this.finish(
+                    step,
+                    &name,
+                    started,
+                    result.as_ref().map(|_| 0).map_err(|e| e.to_string()),
+                );
+                result.map(|_| layer.digest.hex().to_owned())
+            });
+        }
+        let layers = futures::future::try_join_all(unpacks).await?;
+        Ok(FsState {
+            layers,
+            path: "/".into(),
+            last_exec: None,
+        })
+    }
+
+    async fn host_directory(
+        &self,
+        path: &Path,
+        filter: &kiln_graph::Filter,
+        key: Key,
+    ) -> Result<FsState> {
+        let tree = lock(&self.inner.host_trees)
+            .get(&(path.to_owned(), filter.clone()))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!("{} was not hashed before solving", path.display()))
+            })?;
+        let id = format!("h-{}", hex::encode(tree.digest));
+        if self.inner.store.has_layer(&id) {
+            self.inner.store.touch_layer(&id);
+        } else {
+            let name = format!("load host directory {}", path.display());
+            let step = self.inner.next_step();
+            let started = Instant::now();
+            self.inner.emit(Event::Started {
+                step,
+                name: name.clone(),
+                key: key.short(),
+            });
+            let inner = self.inner.clone();
+            let layer_id = id.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<()> {
+                let staged = inner.store.stage_dir()?;
+                kiln_fs::materialize_host_tree(&tree, staged.path())?;
+                inner.store.commit_layer(staged, &layer_id)?;
+                Ok(())
+            })
+            .await
+            .map_err(Error::from)
+            .and_then(|r| r);
+            self.finish(
+                step,
+                &name,
+                started,
+                result.as_ref().map(|_| 0).map_err(|e| e.to_string()),
+            );
+            result?;
+        }
+        Ok(FsState {
+            layers: vec![id],
+            path: "/".into(),
+            last_exec: None,
+        })
+    }
+
+    fn step_name(&self, args: &[String]) -> String {
+        let mut name = String::from("exec");
+        for arg in args {
+            name.push(' ');
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c))
+            {
+                name.push('\'');
+                name.push_str(&arg.replace('\'', r"'\''"));
+                name.push('\'');
+            } else {
+                name.push_str(arg);
+            }
+        }
+        let name = self.inner.redactor().redact_str(&name);
+        truncate(&name, 160)
+    }
+
+    async fn exec(
+        &self,
+        c: &Container,
+        parent: Container,
+        args: Vec<String>,
+        expect: Expect,
+        key: Key,
+        name: &str,
+    ) -> Result<FsState> {
+        if args.is_empty() {
+            return Err(Error::Invalid(
+                "with_exec needs at least one argument".into(),
+            ));
+        }
+        let cfg = self.config(c)?;
+        let base = self.container(parent).await?;
+        let inner = self.inner.clone();
+
+        // Inputs first (they may run steps of their own), then a slot.
+        let mut binds = Vec::new();
+        let mut keep_alive: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let mut volume_locks = Vec::new();
+        let scratch = RunScratch::new(&inner)?;
+        for mount in &cfg.mounts {
+            match mount {
+                Mount::Cache {
+                    path,
+                    volume,
+                    sharing,
+                } => {
+                    let dir = inner.store.volume_dir(&volume.name)?;
+                    if *sharing == Sharing::Locked {
+                        let inner = inner.clone();
+                        let name = volume.name.clone();
+                        volume_locks.push(
+                            tokio::task::spawn_blocking(move || inner.store.lock_volume(&name))
+                                .await??,
+                        );
+                    }
+                    binds.push(kiln_exec::BindMount {
+                        source: dir,
+                        target: path.clone(),
+                        readonly: false,
+                    });
+                }
+                Mount::Directory { path, dir } => {
+                    let state = self.directory(dir.clone()).await?;
+                    // A copy, not links: the step may write through the mount,
+                    // and must not reach the store's immutable layers.
+                    let copy = inner.store.stage_dir()?;
+                    let dest = copy.path().join("d");
+                    let view_inner = inner.clone();
+                    let dest_for_copy = dest.clone();
+                    tokio::task::spawn_blocking(move || {
+                        kiln_fs::export_dir(
+                            &state.view(&view_inner),
+                            Path::new(&state.path),
+                            &dest_for_copy,
+                        )
+                    })
+                    .await??;
+                    binds.push(kiln_exec::BindMount {
+                        source: dest,
+                        target: path.clone(),
+                        readonly: false,
+                    });
+                    keep_alive.push(Box::new(copy));
+                }
+                Mount::Secret { path, secret } => {
+                    let value = inner.resolve_secret(secret)?;
+                    let file = scratch.write_secret(&value)?;
+                    binds.push(kiln_exec::BindMount {
+                        source: file,
+                        target: path.clone(),
+                        readonly: true,
+                    });
+                }
+            }
+        }
+        let mut env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for (var, secret) in &cfg.secret_env {
+            let value = inner.resolve_secret(secret)?;
+            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+        }
+
+        let _slot = inner
+            .steps
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("step slots closed".into()))?;
+        let upper = inner.store.stage_dir()?;
+        let work = inner.store.stage_dir()?;
+        let step = inner.next_step();
+        let started = Instant::now();
+        inner.emit(Event::Started {
+            step,
+            name: name.to_owned(),
+            key: key.short(),
+        });
+        let spec = kiln_exec::RunSpec {
+            container_id: format!("kiln-{}-{}", std::process::id(), step.0),
+            bundle_dir: scratch.bundle.clone(),
+            lower_layers: base
+                .layers
+                .iter()
+                .rev()
+                .map(|l| inner.store.layer_path(l))
+                .collect(),
+            upper_dir: upper.path().to_owned(),
+            work_dir: work.path().to_owned(),
+            args: args.clone(),
+            env,
+            cwd: cfg.workdir.clone(),
+            user: cfg.user.clone(),
+            network: match cfg.network {
+                NetworkMode::Host => kiln_exec::Network::Host,
+                NetworkMode::None => kiln_exec::Network::None,
+            },
+            mounts: binds,
+            hostname: None,
+        };
+        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor())));
+        let sink = {
+            let capture = capture.clone();
+            let inner = inner.clone();
+            move |stream: kiln_exec::OutputStream, bytes: &[u8]| {
+                let stream = match stream {
+                    kiln_exec::OutputStream::Stdout => Stream::Stdout,
+                    kiln_exec::OutputStream::Stderr => Stream::Stderr,
+                };
+                let clean = lock(&capture).push(stream, bytes);
+                if !clean.is_empty() {
+                    inner.emit(Event::Output {
+                        step,
+                        stream,
+                        data: clean,
+                    });
+                }
+            }
+        };
+        let status = inner.runtime.run(spec, sink).await;
+        let captured = {
+            let mut capture = lock(&capture);
+            for (stream, rest) in capture.finish() {
+                inner.emit(Event::Output {
+                    step,
+                    stream,
+                    data: rest,
+                });
+            }
+            std::mem::take(&mut *capture)
+        };
+        drop(volume_locks);
+        drop(keep_alive);
+        drop(work);
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let e = Error::from(e);
+                let message = inner.redactor().redact_str(&e.to_string());
+                self.finish(step, name, started, Err(message.clone()));
+                return Err(Error::Invalid(message));
+            }
+        };
+        let exit_code = status
+            .code
+            .unwrap_or_else(|| 128 + status.signal.unwrap_or(0));
+        let as_expected = match expect {
+            Expect::Success => status.success(),
+            Expect::Failure => !status.success(),
+            Expect::Any => true,
+        };
+        if !as_expected {
+            let failure = StepFailure {
+                command: name.trim_start_matches("exec ").to_owned(),
+                exit_code: status.code,
+                signal: status.signal,
+                expected: expect,
+                output_tail: tail_lines(&captured.combined, TAIL_LINES),
+            };
+            let err = Error::StepFailed(Arc::new(failure));
+            self.finish(step, name, started, Err(err.to_string()));
+            return Err(err);
+        }
+        let committed = {
+            let inner = inner.clone();
+            let id = format!("x-{}", key.to_hex());
+            tokio::task::spawn_blocking(move || -> Result<(String, Digest, Digest)> {
+                inner.store.commit_layer(upper, &id)?;
+                let stdout = inner.store.put_blob(&captured.stdout)?;
+                let stderr = inner.store.put_blob(&captured.stderr)?;
+                Ok((id, stdout, stderr))
+            })
+            .await
+            .map_err(Error::from)
+            .and_then(|r| r)
+        };
+        self.finish(
+            step,
+            name,
+            started,
+            committed
+                .as_ref()
+                .map(|_| exit_code)
+                .map_err(|e| e.to_string()),
+        );
+        let (layer, stdout, stderr) = committed?;
+        let mut layers = base.layers.clone();
+        layers.push(layer);
+        Ok(FsState {
+            layers,
+            path: "/".into(),
+            last_exec: Some(ExecOutput {
+                exit_code,
+                stdout,
+                stderr,
+            }),
+        })
+    }
+}
+
+/// Per-step scratch space on tmpfs: the runtime bundle (whose config.json
+/// holds secret environment values) and mounted secret files. tmpfs means
+/// neither ever reaches the store's disk; the directory goes with the step.
+struct RunScratch {
+    root: PathBuf,
+    bundle: PathBuf,
+    secrets: Mutex<u32>,
+    // Held while the step lives; a free lock marks the scratch as stale.
+    _lock: kiln_store::FileLock,
+}
+
+impl RunScratch {
+    fn new(inner: &Inner) -> Result<RunScratch> {
+        let runs = runs_root(&inner.store);
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            Error::Invalid(format!("{what} {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(&runs).map_err(|e| io("create", &runs, e))?;
+        // Built and locked under a hidden name, then renamed into view, so
+        // a cleaner never sees a live scratch without its lock.
+        let hidden = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&runs)
+            .map_err(|e| io("create run directory in", &runs, e))?
+            .keep();
+        let lock = kiln_store::FileLock::exclusive(&hidden.join(".lock"))?;
+        let name = hidden
+            .file_name()
+            .map(|n| n.to_string_lossy().replacen(".new-", "run-", 1))
+            .unwrap_or_default();
+        let root = runs.join(name);
+        std::fs::rename(&hidden, &root).map_err(|e| io("create", &root, e))?;
+        let bundle = root.join("bundle");
+        std::fs::create_dir(&bundle).map_err(|e| io("create", &bundle, e))?;
+        Ok(RunScratch {
+            root,
+            bundle,
+            secrets: Mutex::new(0),
+            _lock: lock,
+        })
+    }
+
+    fn write_secret(&self, value: &[u8]) -> Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let n = {
+            let mut count = lock(&self.secrets);
+            *count += 1;
+            *count
+        };
+        let path = self.root.join(format!("secret-{n}"));
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(|e| Error::Invalid(format!("create secret file {}: {e}", path.display())))?;
+        file.write_all(value)
+            .map_err(|e| Error::Invalid(format!("write secret file {}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+impl Drop for RunScratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            tracing::warn!(path = %self.root.display(), error = %e, "could not remove step scratch");
+        }
+    }
+}
+
+/// Removes the scratch of steps whose process was killed: the runtime
+/// stops and unmounts their container, then the scratch (bundle, secret
+/// files) goes. Returns how many were cleaned.
+pub(crate) fn cleanup_stale_runs(
+    store: &kiln_store::Store,
+    runtime: &kiln_exec::Runtime,
+) -> Result<usize> {
+    let runs = runs_root(store);
+    let Ok(entries) = std::fs::read_dir(&runs) else {
+        return Ok(0);
+    };
+    let mut cleaned = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("run-") {
+            continue;
+        }
+        if !kiln_store::FileLock::try_exclusive_existing(&path.join(".lock"))? {
+            continue;
+        }
+        // Only remove the scratch once its container is gone and its rootfs
+        // unmounted: removing through a live mount would be wrong.
+        runtime.cleanup_stale(&path)?;
+        std::fs::remove_dir_all(&path).map_err(|e| {
+            Error::Invalid(format!("remove stale step scratch {}: {e}", path.display()))
+        })?;
+        cleaned += 1;
+    }
+    Ok(cleaned)
+}
+
+/// Where step bundles live: tmpfs when the machine has one, one directory
+/// per store so stale-step cleanup only touches this store's containers.
+pub(crate) fn runs_root(store: &kiln_store::Store) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let id = blake3::hash(store.root().as_os_str().as_encoded_bytes()).to_hex();
+        shm.join("kiln").join(&id[..16])
+    } else {
+        store.runs_dir()
+    }
+}
+
+/// A step's output as captured: scrubbed per stream, kept per stream for the
+/// cache and interleaved for the failure tail.
+#[derive(Default)]
+struct Capture {
+    redactors: Option<(kiln_scrub::StreamRedactor, kiln_scrub::StreamRedactor)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    combined: Vec<u8>,
+}
+
+impl Capture {
+    fn new(redactor: kiln_scrub::Redactor) -> Capture {
+        Capture {
+            redactors: Some((redactor.stream(), redactor.stream())),
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<u8> {
+        let Some((out, err)) = self.redactors.as_mut() else {
+            return Vec::new();
+        };
+        let clean = match stream {
+            Stream::Stdout => out.push(bytes),
+            Stream::Stderr => err.push(bytes),
+        };
+        self.record(stream, &clean);
+        clean
+    }
+
+    fn record(&mut self, stream: Stream, clean: &[u8]) {
+        match stream {
+            Stream::Stdout => self.stdout.extend_from_slice(clean),
+            Stream::Stderr => self.stderr.extend_from_slice(clean),
+        }
+        self.combined.extend_from_slice(clean);
+    }
+
+    fn finish(&mut self) -> Vec<(Stream, Vec<u8>)> {
+        let Some((out, err)) = self.redactors.take() else {
+            return Vec::new();
+        };
+        let mut rest = Vec::new();
+        for (stream, bytes) in [
+            (Stream::Stdout, out.finish()),
+            (Stream::Stderr, err.finish()),
+        ] {
+            if !bytes.is_empty() {
+                self.record(stream, &bytes);
+                rest.push((stream, bytes));
+            }
+        }
+        rest
+    }
+}
+
+fn tail_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+fn parent_of(path: &str) -> String {
+    match path.rfind('/') {
+        Some(0) | None => "/".into(),
+        Some(i) => path[..i].to_owned(),
+    }
+}
+
+/// Creates `target` and its ancestors inside a staged layer, giving each the
+/// mode and owner it has in the layers below, so that adding content under
+/// an existing directory does not change that directory's attributes.
+fn prepare_target(base: &kiln_fs::MergedView, staged: &Path, target: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut container_path = PathBuf::from("/");
+    let mut host_path = staged.to_path_buf();
+    for part in target.split('/').filter(|p| !p.is_empty()) {
+        container_path.push(part);
+        host_path.push(part);
+        if host_path.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&host_path)
+            .map_err(|e| Error::Invalid(format!("create {}: {e}", container_path.display())))?;
+        let below = base
+            .lookup(&container_path)?
+            .filter(|l| l.metadata.is_dir());
+        let (mode, uid, gid) = below
+            .map(|l| {
+                (
+                    l.metadata.mode() & 0o7777,
+                    l.metadata.uid(),
+                    l.metadata.gid(),
+                )
+            })
+            .unwrap_or((0o755, 0, 0));
+        std::fs::set_permissions(&host_path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::Invalid(format!("chmod {}: {e}", container_path.display())))?;
+        if rustix::process::geteuid().is_root() {
+            let _ = std::os::unix::fs::lchown(&host_path, Some(uid), Some(gid));
+        }
+    }
+    Ok(host_path)
+}
+
+fn link_file(
+    inner: &Inner,
+    file: &FsState,
+    base: &kiln_fs::MergedView,
+    staged: &Path,
+    target: &str,
+) -> Result<()> {
+    let source = file
+        .view(inner)
+        .lookup(Path::new(&file.path))?
+        .ok_or_else(|| Error::NotFound {
+            what: "file",
+            path: file.path.clone(),
+        })?;
+    let dest_dir = prepare_target(base, staged, &parent_of(target))?;
+    let name = Path::new(target)
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{target} is not a file path")))?;
+    let dest = dest_dir.join(name);
+    if std::fs::hard_link(&source.host_path, &dest).is_err() {
+        std::fs::copy(&source.host_path, &dest)
+            .map_err(|e| Error::Invalid(format!("copy {} to {target}: {e}", file.path)))?;
+    }
+    Ok(())
+}
+
+fn write_new_file(
+    base: &kiln_fs::MergedView,
+    staged: &Path,
+    target: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dest_dir = prepare_target(base, staged, &parent_of(target))?;
+    let name = Path::new(target)
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{target} is not a file path")))?;
+    let dest = dest_dir.join(name);
+    std::fs::write(&dest, contents).map_err(|e| Error::Invalid(format!("write {target}: {e}")))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| Error::Invalid(format!("chmod {target}: {e}")))?;
+    Ok(())
+}
+
+/// Outputs of a solved container's latest step.
+pub(crate) fn read_output(inner: &Inner, state: &FsState, stream: Stream) -> Result<String> {
+    let out = state.last_exec.as_ref().ok_or_else(|| {
+        Error::Invalid("no command has run in this container yet: call with_exec first".into())
+    })?;
+    let digest = match stream {
+        Stream::Stdout => &out.stdout,
+        Stream::Stderr => &out.stderr,
+    };
+    let bytes = inner.store.read_blob(digest)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+impl Inner {
+    pub fn load_image(&self, reference: &str) -> Result<Arc<kiln_oci::Image>> {
+        if let Some(image) = lock(&self.images).get(reference) {
+            return Ok(image.clone());
+        }
+        let image = match kiln_oci::load_image(&self.store, reference) {
+            Ok(image) => Arc::new(image),
+            Err(kiln_oci::Error::ImageNotFound { .. }) => {
+                return Err(Error::ImageNotFound {
+                    reference: reference.to_owned(),
+                    store: self.store.root().display().to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        lock(&self.images).insert(reference.to_owned(), image.clone());
+        Ok(image)
+    }
+}

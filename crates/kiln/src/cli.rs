@@ -1,0 +1,366 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_engine::{CacheVolume, Engine, EngineOptions, ExecOptions, Expect, Sharing};
+
+use crate::progress::{self, ProgressMode};
+
+/// kiln: pipelines as code, run in real containers, cached by content.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    /// More log output (-v info, -vv debug); KILN_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Store directory [default: $KILN_STORE, else /var/lib/kiln for root, else $XDG_DATA_HOME/kiln]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// OCI runtime binary (runc, crun, youki)
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_RUNTIME",
+        default_value = "runc",
+        value_name = "PATH"
+    )]
+    pub runtime: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one command in a container, cached by content (like a one-step pipeline).
+    Exec(ExecArgs),
+    /// Import and list images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Inspect and prune the store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import an OCI image layout directory, an OCI archive or a `docker save` tarball.
+    Import {
+        /// The layout directory or tar file.
+        path: PathBuf,
+        /// Name to give the image (default: the names recorded in the archive).
+        #[arg(long, short)]
+        tag: Option<String>,
+    },
+    /// List images in the store: name, digest, size.
+    Ls {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Show the store's size by kind.
+    Du {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove least-recently-used entries.
+    ///
+    /// With no option, nothing is removed. Image blobs that a tag pins and
+    /// cache volumes are kept unless --all is given.
+    Prune {
+        /// Keep at most this much (e.g. 10GB, 500MiB, 1048576).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        keep_bytes: Option<u64>,
+        /// Remove entries unused for this long (e.g. 7d, 12h, 30m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Remove everything: results, layers, blobs, image tags, cache volumes.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Image to start from (as imported: `kiln image ls`).
+    pub image: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub args: Vec<String>,
+    /// Copy a host directory in: HOST_DIR:CONTAINER_PATH (keyed by content).
+    #[arg(long = "dir", value_name = "HOST:PATH")]
+    pub dirs: Vec<String>,
+    /// Mount a cache volume: NAME:PATH[:locked].
+    #[arg(long = "cache", value_name = "NAME:PATH")]
+    pub caches: Vec<String>,
+    /// Set an environment variable: NAME=VALUE.
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Pass a secret as an environment variable: NAME=env:VAR or NAME=file:PATH.
+    #[arg(long = "secret-env", value_name = "NAME=SOURCE")]
+    pub secret_env: Vec<String>,
+    /// Mount a secret as a file: PATH=env:VAR or PATH=file:PATH.
+    #[arg(long = "secret-file", value_name = "PATH=SOURCE")]
+    pub secret_file: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// User to run as: uid, uid:gid, name or name:group.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Network for the step.
+    #[arg(long, value_enum, default_value_t = Network::Host)]
+    pub network: Network,
+    /// Accept any exit status (and print it) instead of failing on non-zero.
+    #[arg(long)]
+    pub any_exit: bool,
+    /// Export a directory of the result: CONTAINER_PATH:HOST_PATH.
+    #[arg(long, value_name = "PATH:HOST")]
+    pub export: Vec<String>,
+    /// How to show progress [default: plain lines on stderr].
+    #[arg(long, value_enum, default_value_t = ProgressMode::Plain)]
+    pub progress: ProgressMode,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    Host,
+    None,
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let store = cli
+        .global
+        .store
+        .clone()
+        .unwrap_or_else(kiln_store::Store::default_root);
+    match cli.command {
+        Command::Image(cmd) => image(store, cmd),
+        Command::Cache(cmd) => cache(store, cmd),
+        Command::Exec(args) => {
+            let engine = Engine::open(EngineOptions {
+                store,
+                runtime: cli.global.runtime,
+                ..EngineOptions::default()
+            })
+            .context("opening the engine")?;
+            exec(engine, args).await
+        }
+    }
+}
+
+fn image(store: PathBuf, cmd: ImageCommand) -> Result<ExitCode> {
+    let store = kiln_store::Store::open(&store)
+        .with_context(|| format!("opening the store at {}", store.display()))?;
+    match cmd {
+        ImageCommand::Import { path, tag } => {
+            eprintln!("importing {} ...", path.display());
+            let images = kiln_oci::import(&store, &path, tag.as_deref())
+                .with_context(|| format!("importing {}", path.display()))?;
+            for image in images {
+                println!(
+                    "{}\t{}\t{}",
+                    image.name,
+                    image.manifest_digest,
+                    bytesize::ByteSize(image.size_bytes)
+                );
+            }
+        }
+        ImageCommand::Ls { json } => {
+            let images = kiln_oci::list_images(&store)?;
+            if json {
+                for image in images {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": image.name, "digest": image.manifest_digest.to_string(), "size": image.size_bytes})
+                    );
+                }
+            } else {
+                println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
+                for image in images {
+                    println!(
+                        "{:<40} {:<20} {:>10}",
+                        image.name,
+                        format!("sha256:{}", image.manifest_digest.short()),
+                        bytesize::ByteSize(image.size_bytes).to_string()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache(store: PathBuf, cmd: CacheCommand) -> Result<ExitCode> {
+    let store = kiln_store::Store::open(&store)
+        .with_context(|| format!("opening the store at {}", store.display()))?;
+    match cmd {
+        CacheCommand::Du { json } => {
+            let usage = store.usage()?;
+            if json {
+                println!("{}", serde_json::to_string(&usage)?);
+            } else {
+                println!("{:<14} {:>8} {:>12}", "KIND", "ENTRIES", "SIZE");
+                for (kind, u) in [
+                    ("action cache", usage.action_cache),
+                    ("layers", usage.layers),
+                    ("blobs", usage.blobs),
+                    ("volumes", usage.volumes),
+                ] {
+                    println!(
+                        "{kind:<14} {:>8} {:>12}",
+                        u.entries,
+                        bytesize::ByteSize(u.bytes).to_string()
+                    );
+                }
+                println!(
+                    "{:<14} {:>8} {:>12}",
+                    "total",
+                    "",
+                    bytesize::ByteSize(usage.total_bytes()).to_string()
+                );
+            }
+        }
+        CacheCommand::Prune {
+            keep_bytes,
+            older_than,
+            all,
+        } => {
+            if keep_bytes.is_none() && older_than.is_none() && !all {
+                bail!("say what to prune: --keep-bytes SIZE, --older-than DURATION or --all");
+            }
+            let report = store.prune(&kiln_store::PruneOptions {
+                keep_bytes,
+                older_than,
+                all,
+            })?;
+            let r = &report.removed;
+            println!(
+                "removed {} cache entries, {} layers, {} blobs, {} volumes: {} freed; {} kept",
+                r.action_cache.entries,
+                r.layers.entries,
+                r.blobs.entries,
+                r.volumes.entries,
+                bytesize::ByteSize(r.total_bytes()),
+                bytesize::ByteSize(report.kept_bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(engine: Engine, args: ExecArgs) -> Result<ExitCode> {
+    let mut c = engine.container(&args.image);
+    for pair in &args.env {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+        c = c.with_env_variable(k, v);
+    }
+    for spec in &args.secret_env {
+        let (name, source) = spec.split_once('=').with_context(|| {
+            format!(
+                "--secret-env: expected NAME=env:VAR or NAME=file:PATH, got {name:?}",
+                name = spec.split('=').next().unwrap_or("")
+            )
+        })?;
+        c = c.with_secret_variable(name, &secret(&engine, source)?);
+    }
+    for spec in &args.secret_file {
+        let (path, source) = spec
+            .split_once('=')
+            .context("--secret-file: expected PATH=env:VAR or PATH=file:PATH")?;
+        c = c.with_mounted_secret(path, &secret(&engine, source)?);
+    }
+    for spec in &args.dirs {
+        let (host, path) = spec
+            .rsplit_once(':')
+            .with_context(|| format!("--dir {spec}: expected HOST_DIR:CONTAINER_PATH"))?;
+        c = c.with_directory(path, &engine.host_directory(host));
+    }
+    for spec in &args.caches {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(name), Some(path)) = (parts.next(), parts.next()) else {
+            bail!("--cache {spec}: expected NAME:PATH[:locked]");
+        };
+        let sharing = match parts.next() {
+            None | Some("shared") => Sharing::Shared,
+            Some("locked") => Sharing::Locked,
+            Some(other) => bail!("--cache {spec}: sharing must be shared or locked, not {other}"),
+        };
+        c = c.with_mounted_cache_sharing(path, &CacheVolume::new(name), sharing);
+    }
+    if let Some(dir) = &args.workdir {
+        c = c.with_workdir(dir);
+    }
+    if let Some(user) = &args.user {
+        c = c.with_user(user);
+    }
+    if args.network == Network::None {
+        c = c.with_network(false);
+    }
+    let expect = if args.any_exit {
+        Expect::Any
+    } else {
+        Expect::Success
+    };
+    let c = c.with_exec_opts(args.args.clone(), ExecOptions { expect });
+
+    let renderer = progress::spawn(&engine, args.progress);
+    let result = c.sync().await;
+    renderer.finish().await;
+    let c = match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}", engine.redact(&e.to_string()));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print!("{}", c.stdout().await?);
+    eprint!("{}", c.stderr().await?);
+    for spec in &args.export {
+        let (path, host) = spec
+            .split_once(':')
+            .with_context(|| format!("--export {spec}: expected CONTAINER_PATH:HOST_PATH"))?;
+        c.directory(path)
+            .export(host)
+            .await
+            .with_context(|| format!("exporting {path} to {host}"))?;
+        eprintln!("exported {path} to {host}");
+    }
+    let code = c.exit_code().await?;
+    if args.any_exit {
+        eprintln!("exit code: {code}");
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn secret(engine: &Engine, source: &str) -> Result<kiln_engine::Secret> {
+    if let Some(var) = source.strip_prefix("env:") {
+        Ok(engine.secret_from_env(var)?)
+    } else if let Some(path) = source.strip_prefix("file:") {
+        Ok(engine.secret_from_file(path)?)
+    } else {
+        bail!("secret source must be env:NAME or file:PATH")
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size (e.g. 10GB, 500MiB): {e}"))
+}

@@ -1,0 +1,371 @@
+//! The `kiln` binary as users run it: several processes on one store, a
+//! process killed mid-step, image and cache commands, secrets on the
+//! command line. Needs root and runc (see scripts/deps.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "busybox:test";
+
+fn privileged() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && runc {
+        return true;
+    }
+    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
+        panic!("this test needs root and runc");
+    }
+    eprintln!("skipping: needs root and runc");
+    false
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let layout = kiln_testkit::busybox_image(env.dir.path(), kiln_testkit::Compression::Zstd);
+        let out = env.kiln(&["image", "import", layout.to_str().unwrap(), "--tag", IMAGE]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(args)
+            .env("KILN_STORE", self.store())
+            .env_remove("KILN_LOG");
+        cmd
+    }
+    fn kiln(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn counter(&self, name: &str) -> u32 {
+        std::fs::read_to_string(self.store().join("volumes/count").join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn bump(name: &str) -> String {
+    format!("n=$(cat /count/{name} 2>/dev/null || echo 0); echo $((n+1)) > /count/{name}")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn image_ls_and_cache_commands() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let (ls, _) = text(&env.kiln(&["image", "ls"]));
+    assert!(
+        ls.contains("busybox:test") && ls.contains("sha256:"),
+        "{ls}"
+    );
+    let json = env.kiln(&["image", "ls", "--json"]);
+    let line: serde_json::Value =
+        serde_json::from_slice(json.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert!(line["size"].as_u64().unwrap() > 100_000);
+
+    let run = env.kiln(&["exec", IMAGE, "--", "sh", "-c", "echo hi > /made"]);
+    assert!(run.status.success(), "{:?}", text(&run));
+    let du: serde_json::Value =
+        serde_json::from_slice(&env.kiln(&["cache", "du", "--json"]).stdout).unwrap();
+    assert!(du["layers"]["entries"].as_u64().unwrap() >= 2, "{du}");
+    assert!(du["action_cache"]["entries"].as_u64().unwrap() >= 1, "{du}");
+
+    let refused = env.kiln(&["cache", "prune"]);
+    assert!(
+        !refused.status.success(),
+        "prune with no limit must say what it needs"
+    );
+    let pruned = env.kiln(&["cache", "prune", "--keep-bytes", "0"]);
+    assert!(pruned.status.success(), "{:?}", text(&pruned));
+    let du: serde_json::Value =
+        serde_json::from_slice(&env.kiln(&["cache", "du", "--json"]).stdout).unwrap();
+    assert_eq!(du["action_cache"]["entries"], 0, "{du}");
+    assert!(
+        du["blobs"]["entries"].as_u64().unwrap() >= 2,
+        "the tagged image survives: {du}"
+    );
+    // The image still runs after the prune: its layers are unpacked again.
+    let again = env.kiln(&["exec", IMAGE, "--", "echo", "still works"]);
+    assert_eq!(text(&again).0, "still works\n", "{:?}", text(&again));
+
+    let all = env.kiln(&["cache", "prune", "--all"]);
+    assert!(all.status.success());
+    let (ls, _) = text(&env.kiln(&["image", "ls"]));
+    assert!(!ls.contains("busybox:test"), "{ls}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["exec", "image", "cache", "--store"] {
+        assert!(help.contains(word), "{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["cache", "prune", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--keep-bytes") && help.contains("--older-than") && help.contains("--all"),
+        "{help}"
+    );
+}
+
+#[test]
+fn two_processes_share_one_store() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let script = format!("{}; sleep 1; echo shared result", bump("same"));
+    let spawn = |script: &str| {
+        env.cmd(&[
+            "exec",
+            IMAGE,
+            "--cache",
+            "count:/count",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = spawn(&script);
+    let second = spawn(&script);
+    let other = spawn(&format!("{}; echo other result", bump("other")));
+    for (child, expected) in [
+        (first, "shared result\n"),
+        (second, "shared result\n"),
+        (other, "other result\n"),
+    ] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        assert_eq!(text(&out).0, expected);
+    }
+    // Both processes may have run the shared step; either way the store holds
+    // one consistent result and a third process runs nothing.
+    let ran = env.counter("same");
+    assert!((1..=2).contains(&ran), "{ran}");
+    let third = env.kiln(&[
+        "exec",
+        IMAGE,
+        "--cache",
+        "count:/count",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(text(&third).0, "shared result\n");
+    assert!(text(&third).1.contains("CACHED"), "{:?}", text(&third));
+    assert_eq!(env.counter("same"), ran);
+}
+
+fn mounts_under(path: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(path.to_str().unwrap()))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn runc_containers(store: &Path) -> String {
+    let out = Command::new("runc")
+        .args(["--root", store.join("runc").to_str().unwrap(), "list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_process_killed_mid_step_leaves_a_usable_store() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let script = format!(
+        "{}; echo started; sleep 30; echo finished > /result",
+        bump("slow")
+    );
+    let mut child = env
+        .cmd(&[
+            "exec",
+            IMAGE,
+            "--cache",
+            "count:/count",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.counter("slow") == 0 {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+
+    // The next process cleans up after the dead one, and nothing half-done
+    // is trusted: the step runs again, to completion this time.
+    let quick = script.replace("sleep 30", "true");
+    let next = env.kiln(&[
+        "exec",
+        IMAGE,
+        "--cache",
+        "count:/count",
+        "--",
+        "sh",
+        "-c",
+        &quick,
+    ]);
+    assert!(next.status.success(), "{:?}", text(&next));
+    assert_eq!(env.counter("slow"), 2);
+    assert!(
+        runc_containers(&env.store()).is_empty(),
+        "a killed step's container is removed"
+    );
+    assert!(
+        mounts_under(&env.store()).is_empty(),
+        "{:?}",
+        mounts_under(&env.store())
+    );
+    let tmp_left: Vec<_> = std::fs::read_dir(env.store().join("tmp"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        tmp_left.is_empty(),
+        "staging of the killed process is removed: {tmp_left:?}"
+    );
+    let warm = env.kiln(&[
+        "exec",
+        IMAGE,
+        "--cache",
+        "count:/count",
+        "--",
+        "sh",
+        "-c",
+        &quick,
+    ]);
+    assert!(text(&warm).1.contains("CACHED"), "{:?}", text(&warm));
+    assert_eq!(env.counter("slow"), 2);
+}
+
+#[test]
+fn secrets_from_the_command_line_never_reach_output_or_store() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let secret = "hunter2-Correct-Horse";
+    let out = env
+        .cmd(&[
+            "exec",
+            IMAGE,
+            "--secret-env",
+            "TOKEN=env:KILN_TEST_TOKEN",
+            "--secret-file",
+            "/run/secrets/token=env:KILN_TEST_TOKEN",
+            "--",
+            "sh",
+            "-c",
+            "echo token=$TOKEN; cat /run/secrets/token; printf %s \"$TOKEN\" | base64; echo $TOKEN >&2",
+        ])
+        .env("KILN_TEST_TOKEN", secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("token=***"), "{stdout}");
+    for leaked in [&stdout, &stderr] {
+        assert!(!leaked.contains(secret), "secret printed: {leaked}");
+        assert!(
+            !leaked.contains("aHVudGVyMi1Db3JyZWN0LUhvcnNl"),
+            "base64 form printed: {leaked}"
+        );
+    }
+    // Nothing in the store holds the value: not a blob, a layer or a cache record.
+    let needle = secret.as_bytes();
+    for entry in walk(&env.store()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "secret found in {}",
+            entry.display()
+        );
+    }
+    let missing = env.kiln(&[
+        "exec",
+        IMAGE,
+        "--secret-env",
+        "T=env:KILN_NOT_SET_ANYWHERE",
+        "--",
+        "true",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).1.contains("KILN_NOT_SET_ANYWHERE"),
+        "{:?}",
+        text(&missing)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
