@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 echo "building kiln ..." >&2
-cargo build --release --quiet -p kiln -p kiln-engine --example demo
+cargo build --release --quiet -p kiln --bins
+cargo build --release --quiet -p kiln-engine --example demo
 export KILN_STORE=${KILN_STORE:-$PWD/.kiln-store}
 kiln=target/release/kiln
 layout=$(mktemp -d)
