@@ -9,9 +9,10 @@ scripts/deps.sh
 export KILN_REQUIRE_PRIVILEGED=1 KILN_REQUIRE_RUNC=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Doc examples first, so the run closes on the main suite's summary.
+cargo test --workspace --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
 fi
-cargo test --workspace --doc --quiet
