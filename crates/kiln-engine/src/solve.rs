@@ -217,36 +217,25 @@ impl Solver {
                 .await
             }
             ContainerOp::WithDirectory { parent, path, dir } => {
-                let name = format!("copy directory to {path}");
-                self.cached(key, &name.clone(), async {
-                    let cfg = self.config(&c)?;
-                    let target = cfg.absolute(path);
-                    let (base, dir) = futures::try_join!(
-                        self.container(parent.clone()),
-                        self.directory(dir.clone())
-                    )?;
-                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
-                        let dest = prepare_target(base_view, staged, &target)?;
-                        dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
-                        Ok(())
-                    })
-                    .await
-                })
+                let target = self.config(&c)?.absolute(path);
+                let base = Base::Container(parent.clone());
+                self.edit(
+                    key,
+                    base,
+                    Place::Absolute(target),
+                    Edit::CopyDirectory(dir.clone()),
+                )
                 .await
             }
             ContainerOp::WithFile { parent, path, file } => {
-                let name = format!("copy file to {path}");
-                self.cached(key, &name.clone(), async {
-                    let target = self.config(&c)?.absolute(path);
-                    let (base, file) = futures::try_join!(
-                        self.container(parent.clone()),
-                        self.file(file.clone())
-                    )?;
-                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
-                        link_file(inner, &file, base_view, staged, &target)
-                    })
-                    .await
-                })
+                let target = self.config(&c)?.absolute(path);
+                let base = Base::Container(parent.clone());
+                self.edit(
+                    key,
+                    base,
+                    Place::Absolute(target),
+                    Edit::CopyFile(file.clone()),
+                )
                 .await
             }
             ContainerOp::WithNewFile {
@@ -255,17 +244,10 @@ impl Solver {
                 contents,
                 mode,
             } => {
-                let name = format!("write file {path}");
-                let (contents, mode) = (contents.clone(), *mode);
-                self.cached(key, &name.clone(), async {
-                    let target = self.config(&c)?.absolute(path);
-                    let base = self.container(parent.clone()).await?;
-                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
-                        write_new_file(base_view, staged, &target, &contents, mode)
-                    })
-                    .await
-                })
-                .await
+                let target = self.config(&c)?.absolute(path);
+                let base = Base::Container(parent.clone());
+                let edit = Edit::NewFile(contents.clone(), *mode);
+                self.edit(key, base, Place::Absolute(target), edit).await
             }
             // Configuration only: the filesystem is the parent's.
             other => match other.parent() {
@@ -301,37 +283,23 @@ impl Solver {
                 self.subpath(&base, &path, "directory").await
             }
             DirectoryOp::WithDirectory { parent, path, dir } => {
-                let name = format!("copy directory to {path}");
-                let path = path.clone();
-                self.cached(key, &name.clone(), async {
-                    let (base, dir) = futures::try_join!(
-                        self.directory(parent.clone()),
-                        self.directory(dir.clone())
-                    )?;
-                    let target = join_under(&base.path, &path);
-                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
-                        let dest = prepare_target(base_view, staged, &target)?;
-                        dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
-                        Ok(())
-                    })
-                    .await
-                })
+                let base = Base::Directory(parent.clone());
+                self.edit(
+                    key,
+                    base,
+                    Place::Below(path.clone()),
+                    Edit::CopyDirectory(dir.clone()),
+                )
                 .await
             }
             DirectoryOp::WithFile { parent, path, file } => {
-                let name = format!("copy file to {path}");
-                let path = path.clone();
-                self.cached(key, &name.clone(), async {
-                    let (base, file) = futures::try_join!(
-                        self.directory(parent.clone()),
-                        self.file(file.clone())
-                    )?;
-                    let target = join_under(&base.path, &path);
-                    self.build_layer(key, &name, &base, move |inner, staged, base_view| {
-                        link_file(inner, &file, base_view, staged, &target)
-                    })
-                    .await
-                })
+                let base = Base::Directory(parent.clone());
+                self.edit(
+                    key,
+                    base,
+                    Place::Below(path.clone()),
+                    Edit::CopyFile(file.clone()),
+                )
                 .await
             }
             DirectoryOp::WithNewFile {
@@ -340,39 +308,72 @@ impl Solver {
                 contents,
                 mode,
             } => {
-                let name = format!("write file {path}");
-                let (path, contents, mode) = (path.clone(), contents.clone(), *mode);
-                self.cached(key, &name.clone(), async {
-                    let base = self.directory(parent.clone()).await?;
-                    let target = join_under(&base.path, &path);
-                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
-                        write_new_file(base_view, staged, &target, &contents, mode)
-                    })
-                    .await
-                })
-                .await
+                let base = Base::Directory(parent.clone());
+                let edit = Edit::NewFile(contents.clone(), *mode);
+                self.edit(key, base, Place::Below(path.clone()), edit).await
             }
             DirectoryOp::Without { parent, path } => {
-                let name = format!("remove {path}");
-                let path = path.clone();
-                self.cached(key, &name.clone(), async {
-                    let base = self.directory(parent.clone()).await?;
-                    let target = join_under(&base.path, &path);
-                    self.build_layer(key, &name, &base, move |_, staged, base_view| {
-                        if base_view.lookup(Path::new(&target))?.is_some() {
-                            let dir = prepare_target(base_view, staged, &parent_of(&target))?;
-                            let name = Path::new(&target)
-                                .file_name()
-                                .ok_or_else(|| Error::Invalid(format!("cannot remove {target}")))?;
-                            kiln_fs::write_whiteout(&dir.join(name))?;
-                        }
-                        Ok(())
-                    })
+                let base = Base::Directory(parent.clone());
+                self.edit(key, base, Place::Below(path.clone()), Edit::Remove)
                     .await
-                })
-                .await
             }
         }
+    }
+
+    /// One edit of a filesystem that yields one new layer: copying a
+    /// directory or file in, writing a new file, removing a path. Cached
+    /// under the operation's key like any step.
+    async fn edit(&self, key: Key, base: Base, place: Place, edit: Edit) -> Result<FsState> {
+        let shown = match &place {
+            Place::Absolute(p) | Place::Below(p) => p.clone(),
+        };
+        let name = match &edit {
+            Edit::CopyDirectory(_) => format!("copy directory to {shown}"),
+            Edit::CopyFile(_) => format!("copy file to {shown}"),
+            Edit::NewFile(..) => format!("write file {shown}"),
+            Edit::Remove => format!("remove {shown}"),
+        };
+        self.cached(key, &name.clone(), async {
+            let base = match base {
+                Base::Container(c) => self.container(c),
+                Base::Directory(d) => self.directory(d),
+            };
+            let source = match &edit {
+                Edit::CopyDirectory(d) => Some(self.directory(d.clone())),
+                Edit::CopyFile(f) => Some(self.file(f.clone())),
+                Edit::NewFile(..) | Edit::Remove => None,
+            };
+            let (base, source) = match source {
+                Some(source) => {
+                    let (b, s) = futures::try_join!(base, source)?;
+                    (b, Some(s))
+                }
+                None => (base.await?, None),
+            };
+            let target = match place {
+                Place::Absolute(p) => p,
+                Place::Below(p) => join_under(&base.path, &p),
+            };
+            self.build_layer(key, &name, &base, move |inner, staged, base_view| {
+                match (edit, source) {
+                    (Edit::CopyDirectory(_), Some(dir)) => {
+                        let dest = prepare_target(base_view, staged, &target)?;
+                        dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
+                        Ok(())
+                    }
+                    (Edit::CopyFile(_), Some(file)) => {
+                        link_file(inner, &file, base_view, staged, &target)
+                    }
+                    (Edit::NewFile(contents, mode), _) => {
+                        write_new_file(base_view, staged, &target, &contents, mode)
+                    }
+                    (Edit::Remove, _) => remove_path(base_view, staged, &target),
+                    _ => Err(Error::Internal("edit solved without its source".into())),
+                }
+            })
+            .await
+        })
+        .await
     }
 
     fn file(&self, f: File) -> BoxFuture<'static, Result<Arc<FsState>>> {
@@ -1076,6 +1077,38 @@ fn parent_of(path: &str) -> String {
         Some(0) | None => "/".into(),
         Some(i) => path[..i].to_owned(),
     }
+}
+
+/// What an edit starts from.
+enum Base {
+    Container(Container),
+    Directory(Directory),
+}
+
+/// Where an edit lands: an absolute container path, or a path below the
+/// base directory's own path.
+enum Place {
+    Absolute(String),
+    Below(String),
+}
+
+enum Edit {
+    CopyDirectory(Directory),
+    CopyFile(File),
+    NewFile(Vec<u8>, u32),
+    Remove,
+}
+
+fn remove_path(base: &kiln_fs::MergedView, staged: &Path, target: &str) -> Result<()> {
+    if base.lookup(Path::new(target))?.is_none() {
+        return Ok(());
+    }
+    let dir = prepare_target(base, staged, &parent_of(target))?;
+    let name = Path::new(target)
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("cannot remove {target}")))?;
+    kiln_fs::write_whiteout(&dir.join(name))?;
+    Ok(())
 }
 
 /// Creates `target` and its ancestors inside a staged layer, giving each the

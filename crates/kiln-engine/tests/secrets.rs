@@ -132,7 +132,7 @@ async fn secret_is_scrubbed_in_every_encoding_everywhere() {
     assert_clean("error message", &message);
 
     // Nothing in the store holds the value in any form: blobs, layers, records, keys.
-    for file in walk(&f.store_path()) {
+    for file in kiln_testkit::files_under(&f.store_path()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         let name = file.display().to_string();
         assert_clean(&name, &name);
@@ -185,20 +185,4 @@ async fn missing_secret_is_reported_before_anything_runs() {
             .contains("KILN_TEST_DEFINITELY_UNSET is not set"),
         "{err}"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = entry.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files
 }

@@ -192,47 +192,37 @@ impl Drop for ContainerNode {
     }
 }
 
+/// Lists the operations that have a parent once, for both accessors.
+macro_rules! with_parent {
+    ($value:expr, $parent:ident => $some:expr, $none:expr) => {{
+        use ContainerOp::*;
+        match $value {
+            From { .. } | Scratch => $none,
+            Exec { $parent, .. }
+            | WithDirectory { $parent, .. }
+            | WithFile { $parent, .. }
+            | WithNewFile { $parent, .. }
+            | WithEnv { $parent, .. }
+            | WithoutEnv { $parent, .. }
+            | WithWorkdir { $parent, .. }
+            | WithUser { $parent, .. }
+            | WithEntrypoint { $parent, .. }
+            | WithNetwork { $parent, .. }
+            | WithMountedCache { $parent, .. }
+            | WithMountedDirectory { $parent, .. }
+            | WithSecretVariable { $parent, .. }
+            | WithMountedSecret { $parent, .. } => $some,
+        }
+    }};
+}
+
 impl ContainerOp {
     fn into_parent(self) -> Option<Container> {
-        use ContainerOp::*;
-        match self {
-            From { .. } | Scratch => None,
-            Exec { parent, .. }
-            | WithDirectory { parent, .. }
-            | WithFile { parent, .. }
-            | WithNewFile { parent, .. }
-            | WithEnv { parent, .. }
-            | WithoutEnv { parent, .. }
-            | WithWorkdir { parent, .. }
-            | WithUser { parent, .. }
-            | WithEntrypoint { parent, .. }
-            | WithNetwork { parent, .. }
-            | WithMountedCache { parent, .. }
-            | WithMountedDirectory { parent, .. }
-            | WithSecretVariable { parent, .. }
-            | WithMountedSecret { parent, .. } => Some(parent),
-        }
+        with_parent!(self, parent => Some(parent), None)
     }
 
     pub fn parent(&self) -> Option<&Container> {
-        use ContainerOp::*;
-        match self {
-            From { .. } | Scratch => None,
-            Exec { parent, .. }
-            | WithDirectory { parent, .. }
-            | WithFile { parent, .. }
-            | WithNewFile { parent, .. }
-            | WithEnv { parent, .. }
-            | WithoutEnv { parent, .. }
-            | WithWorkdir { parent, .. }
-            | WithUser { parent, .. }
-            | WithEntrypoint { parent, .. }
-            | WithNetwork { parent, .. }
-            | WithMountedCache { parent, .. }
-            | WithMountedDirectory { parent, .. }
-            | WithSecretVariable { parent, .. }
-            | WithMountedSecret { parent, .. } => Some(parent),
-        }
+        with_parent!(self, parent => Some(parent), None)
     }
 
     /// Whether the operation changes the filesystem (and so has a result to

@@ -116,3 +116,20 @@ pub fn busybox_rootfs(dir: &Path) {
         std::fs::create_dir_all(dir.join(d)).expect("create dir");
     }
 }
+
+/// Every regular file under `dir`, recursively, without following symlinks.
+/// Tests use it to search a whole store for bytes that must not be there.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(ft) if ft.is_dir() => stack.push(entry.path()),
+                Ok(ft) if ft.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    files
+}

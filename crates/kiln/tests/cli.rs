@@ -330,7 +330,7 @@ fn secrets_from_the_command_line_never_reach_output_or_store() {
     }
     // Nothing in the store holds the value: not a blob, a layer or a cache record.
     let needle = secret.as_bytes();
-    for entry in walk(&env.store()) {
+    for entry in kiln_testkit::files_under(&env.store()) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         assert!(
             !bytes.windows(needle.len()).any(|w| w == needle),
@@ -352,20 +352,4 @@ fn secrets_from_the_command_line_never_reach_output_or_store() {
         "{:?}",
         text(&missing)
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = entry.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files
 }
