@@ -422,3 +422,25 @@ async fn rust_api_default_engine() {
         .unwrap();
     assert_eq!(out, "from the global engine\n");
 }
+
+#[tokio::test]
+async fn locked_cache_volume_admits_one_step_at_a_time() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture();
+    let volume = CacheVolume::new("exclusive");
+    // Each step fails if it finds the other inside; with the lock they queue.
+    let step = |who: &str| {
+        f.engine
+            .container(IMAGE)
+            .with_mounted_cache_sharing("/v", &volume, kiln_engine::Sharing::Locked)
+            .with_exec(sh(&format!(
+                "if [ -e /v/busy ]; then echo overlap; exit 1; fi; echo {who} > /v/busy; sleep 0.5; rm /v/busy; echo {who}"
+            )))
+    };
+    let (a, b) = (step("a"), step("b"));
+    let (a, b) = tokio::join!(a.stdout(), b.stdout());
+    assert_eq!(a.unwrap(), "a\n");
+    assert_eq!(b.unwrap(), "b\n");
+}
