@@ -121,9 +121,51 @@ impl Engine {
         )
     }
 
+    /// An empty directory.
     pub fn directory(&self) -> Directory {
         Directory::with_engine(Ok(self.clone()), g::DirectoryOp::Empty)
     }
+
+    /// One host file, keyed by its content (its directory filtered down to it).
+    pub fn host_file(&self, path: impl AsRef<Path>) -> File {
+        let path = path.as_ref();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        // Anchored so that a same-named file deeper in the tree is not included.
+        let include = vec![format!("/{}", glob_escape(&name))];
+        self.host_directory_filtered(parent, include, Vec::new())
+            .file(&name)
+    }
+}
+
+/// Escapes gitignore glob metacharacters in a literal file name.
+fn glob_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '!' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The configuration a container's next step would run with, as an image
+/// config would record it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerConfig {
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
 }
 
 impl Container {
@@ -360,6 +402,26 @@ impl Container {
                     "no command has run in this container yet: call with_exec first".into(),
                 )
             })
+    }
+
+    /// The container's configuration (environment, working directory, user,
+    /// entrypoint). Secret variables are listed by name only.
+    pub async fn config(&self) -> Result<ContainerConfig> {
+        let engine = self.engine.clone()?;
+        let node = self.node.clone();
+        blocking(move || {
+            let cfg = crate::config::config_of(&engine.inner, &node)?;
+            let mut env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            env.extend(cfg.secret_env.iter().map(|(k, _)| format!("{k}=***")));
+            Ok(ContainerConfig {
+                env,
+                workdir: cfg.workdir,
+                user: cfg.user,
+                entrypoint: cfg.entrypoint,
+                cmd: cfg.cmd,
+            })
+        })
+        .await
     }
 
     /// A digest of the container's whole filesystem.

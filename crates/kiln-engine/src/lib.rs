@@ -20,7 +20,7 @@ mod error;
 mod events;
 mod solve;
 
-pub use api::{CacheVolume, Container, Directory, ExecOptions, File, Secret};
+pub use api::{CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result, StepFailure, TAIL_LINES};
 pub use events::{Event, Outcome, StepId, Stream};

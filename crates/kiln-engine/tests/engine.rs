@@ -444,3 +444,50 @@ async fn locked_cache_volume_admits_one_step_at_a_time() {
     assert_eq!(a.unwrap(), "a\n");
     assert_eq!(b.unwrap(), "b\n");
 }
+
+#[tokio::test]
+async fn host_file_and_container_config() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture();
+    write(&f.path("cfg/app.conf"), "port=80\n");
+    write(&f.path("cfg/deeper/app.conf"), "not me\n");
+    write(&f.path("cfg/other.txt"), "other\n");
+    let file = f.engine.host_file(f.path("cfg/app.conf"));
+    assert_eq!(file.contents_string().await.unwrap(), "port=80\n");
+    // Keyed by that file only: a sibling's change does not reach it.
+    let seen = |engine: &kiln_engine::Engine| {
+        engine
+            .container(IMAGE)
+            .with_mounted_cache("/count", &CacheVolume::new("c"))
+            .with_file("/etc/app.conf", &engine.host_file(f.path("cfg/app.conf")))
+            .with_exec(sh(&format!("{}; cat /etc/app.conf", bump("conf"))))
+    };
+    assert_eq!(seen(&f.engine).stdout().await.unwrap(), "port=80\n");
+    write(&f.path("cfg/other.txt"), "changed\n");
+    assert_eq!(seen(&f.reopen()).stdout().await.unwrap(), "port=80\n");
+    assert_eq!(f.counter("c", "conf"), 1);
+
+    std::env::set_var("KILN_TEST_CFG_SECRET", "cfg-secret-value");
+    let secret = f.engine.secret_from_env("KILN_TEST_CFG_SECRET").unwrap();
+    let config = f
+        .engine
+        .container(IMAGE)
+        .with_env_variable("A", "1")
+        .with_workdir("/srv")
+        .with_user("nobody")
+        .with_secret_variable("TOKEN", &secret)
+        .config()
+        .await
+        .unwrap();
+    assert!(config.env.contains(&"A=1".to_string()), "{config:?}");
+    assert!(
+        config.env.iter().any(|e| e.starts_with("PATH=")),
+        "image env kept: {config:?}"
+    );
+    assert!(config.env.contains(&"TOKEN=***".to_string()), "{config:?}");
+    assert_eq!(config.workdir, "/srv");
+    assert_eq!(config.user.as_deref(), Some("nobody"));
+    assert_eq!(config.cmd, vec!["sh"]);
+}
