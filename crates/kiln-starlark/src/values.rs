@@ -1,0 +1,558 @@
+//! The Starlark values (`Container`, `Directory`, `File`, `Secret`,
+//! `CacheVolume`), their methods and the globals that create them.
+//!
+//! Each value wraps the engine's value of the same name; methods are thin
+//! bindings. Building methods return a new value and run nothing; solving
+//! methods (`stdout`, `entries`, `contents`, ...) block the evaluating thread
+//! on the engine future through the runtime handle in [`Context`].
+
+use std::fmt;
+use std::future::Future;
+
+use allocative::Allocative;
+use anyhow::{anyhow, bail};
+use kiln_engine::{CacheVolume, Engine, ExecOptions, Expect, Sharing};
+use kiln_graph as g;
+use starlark::any::ProvidesStaticType;
+use starlark::environment::{GlobalsBuilder, Methods, MethodsBuilder, MethodsStatic};
+use starlark::eval::Evaluator;
+use starlark::starlark_module;
+use starlark::starlark_simple_value;
+use starlark::values::list_or_tuple::UnpackListOrTuple;
+use starlark::values::{starlark_value, NoSerialize, StarlarkValue};
+
+/// What native functions need from the host: the engine to build values on,
+/// and the runtime to solve them with. Installed as `Evaluator::extra` for
+/// every evaluation (loading modules and calling functions alike).
+#[derive(ProvidesStaticType, Clone)]
+pub(crate) struct Context {
+    pub engine: Engine,
+    pub runtime: tokio::runtime::Handle,
+}
+
+fn context<'a>(eval: &'a Evaluator) -> anyhow::Result<&'a Context> {
+    eval.extra
+        .and_then(|extra| extra.downcast_ref::<Context>())
+        .ok_or_else(|| anyhow!("internal error: kiln context missing from the evaluator"))
+}
+
+/// Runs an engine future to completion on the evaluating thread.
+///
+/// The engine error is returned as the anyhow error's root so that
+/// [`crate::error::engine_error`] can recover it intact from the starlark error.
+fn solve_now<T>(
+    eval: &Evaluator,
+    what: &str,
+    fut: impl Future<Output = Result<T, kiln_engine::Error>>,
+) -> anyhow::Result<T> {
+    let ctx = context(eval)?;
+    // On a plain thread or in a blocking-pool task, block_in_place just runs
+    // the closure; on a multi-thread runtime's worker it first hands the
+    // worker's other tasks away. A current-thread runtime has nobody to hand
+    // them to, and both calls would panic there.
+    if let Ok(current) = tokio::runtime::Handle::try_current() {
+        if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            bail!(
+                "{what}() cannot block inside a current-thread tokio runtime; evaluate \
+                 pipelines on a plain thread (or in spawn_blocking)"
+            );
+        }
+    }
+    tokio::task::block_in_place(|| ctx.runtime.block_on(fut)).map_err(anyhow::Error::new)
+}
+
+fn parse_expect(expect: &str) -> anyhow::Result<Expect> {
+    match expect {
+        "success" => Ok(Expect::Success),
+        "any" => Ok(Expect::Any),
+        "failure" => Ok(Expect::Failure),
+        other => bail!("expect must be \"success\", \"any\" or \"failure\", got {other:?}"),
+    }
+}
+
+fn parse_sharing(sharing: &str) -> anyhow::Result<Sharing> {
+    match sharing {
+        "shared" => Ok(Sharing::Shared),
+        "locked" => Ok(Sharing::Locked),
+        other => bail!("sharing must be \"shared\" or \"locked\", got {other:?}"),
+    }
+}
+
+fn parse_permissions(permissions: i32) -> anyhow::Result<u32> {
+    match u32::try_from(permissions) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => bail!("permissions must be a file mode between 0o0 and 0o7777, got {permissions:#o}"),
+    }
+}
+
+/// The image (or `scratch`) a container chain starts from, for display.
+fn container_origin(node: &g::Container) -> String {
+    let mut node = node;
+    while let Some(parent) = node.op.parent() {
+        node = parent;
+    }
+    match &node.op {
+        g::ContainerOp::From { reference } => reference.clone(),
+        _ => "scratch".to_owned(),
+    }
+}
+
+fn directory_origin(node: &g::Directory) -> String {
+    // Iterative: a directory built up in a loop can be a long chain.
+    let mut node = node;
+    let mut within = Vec::new();
+    let origin = loop {
+        match &node.op {
+            g::DirectoryOp::Host { path, .. } => break format!("host {}", path.display()),
+            g::DirectoryOp::Empty => break "empty".to_owned(),
+            g::DirectoryOp::FromContainer { container, path } => {
+                break format!("{path} in {}", container_origin(container))
+            }
+            g::DirectoryOp::Subdirectory { parent, path } => {
+                within.push(path.as_str());
+                node = parent;
+            }
+            g::DirectoryOp::WithDirectory { parent, .. }
+            | g::DirectoryOp::WithFile { parent, .. }
+            | g::DirectoryOp::WithNewFile { parent, .. }
+            | g::DirectoryOp::Without { parent, .. } => node = parent,
+        }
+    };
+    within.push(&origin);
+    within.join(" in ")
+}
+
+// ---------------------------------------------------------------- Container
+
+#[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarContainer(#[allocative(skip)] pub kiln_engine::Container);
+
+starlark_simple_value!(StarContainer);
+
+impl fmt::Display for StarContainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Container({})", container_origin(self.0.node()))
+    }
+}
+
+impl fmt::Debug for StarContainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+static CONTAINER_METHODS: MethodsStatic = MethodsStatic::new("Container", container_methods);
+
+#[starlark_value(type = "Container")]
+impl<'v> StarlarkValue<'v> for StarContainer {
+    fn get_methods() -> Option<&'static Methods> {
+        Some(CONTAINER_METHODS.methods())
+    }
+}
+
+#[starlark_module]
+fn container_methods(builder: &mut MethodsBuilder) {
+    /// Runs a command (no shell: `["sh", "-c", "..."]` for one). By default a
+    /// non-zero exit fails the pipeline; `expect = "any"` accepts any exit
+    /// status (read it with `exit_code()`), `expect = "failure"` requires a
+    /// non-zero one.
+    fn with_exec(
+        this: &StarContainer,
+        #[starlark(require = pos)] args: UnpackListOrTuple<String>,
+        #[starlark(require = named, default = "success")] expect: &str,
+    ) -> anyhow::Result<StarContainer> {
+        if args.items.is_empty() {
+            bail!("with_exec needs a command: an empty argument list was given");
+        }
+        let options = ExecOptions {
+            expect: parse_expect(expect)?,
+        };
+        Ok(StarContainer(this.0.with_exec_opts(args.items, options)))
+    }
+
+    /// Copies a directory into the container at `path`. `include` and
+    /// `exclude` (gitignore-style globs) narrow a host directory, such as a
+    /// `Directory` parameter, before it is read.
+    fn with_directory(
+        this: &StarContainer,
+        path: &str,
+        dir: &StarDirectory,
+        #[starlark(require = named, default = UnpackListOrTuple::default())]
+        include: UnpackListOrTuple<String>,
+        #[starlark(require = named, default = UnpackListOrTuple::default())]
+        exclude: UnpackListOrTuple<String>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<StarContainer> {
+        let dir = filtered(context(eval)?, dir, include.items, exclude.items)?;
+        Ok(StarContainer(this.0.with_directory(path, &dir)))
+    }
+
+    /// Copies a file into the container at `path`.
+    fn with_file(
+        this: &StarContainer,
+        path: &str,
+        file: &StarFile,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_file(path, &file.0)))
+    }
+
+    /// Writes a new file with the given contents at `path`.
+    fn with_new_file(
+        this: &StarContainer,
+        path: &str,
+        contents: &str,
+        #[starlark(require = named, default = 0o644)] permissions: i32,
+    ) -> anyhow::Result<StarContainer> {
+        let mode = parse_permissions(permissions)?;
+        Ok(StarContainer(this.0.with_new_file(path, contents, mode)))
+    }
+
+    /// Sets an environment variable for later steps.
+    fn with_env_variable(
+        this: &StarContainer,
+        name: &str,
+        value: &str,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_env_variable(name, value)))
+    }
+
+    /// Removes an environment variable for later steps.
+    fn without_env_variable(this: &StarContainer, name: &str) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.without_env_variable(name)))
+    }
+
+    /// Sets the working directory for later steps.
+    fn with_workdir(this: &StarContainer, path: &str) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_workdir(path)))
+    }
+
+    /// Runs later steps as `user`: "uid", "uid:gid", "name" or "name:group".
+    fn with_user(this: &StarContainer, user: &str) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_user(user)))
+    }
+
+    /// Sets the entrypoint in the container's configuration (what an image
+    /// made from it would run); `with_exec` runs its arguments as given.
+    fn with_entrypoint(
+        this: &StarContainer,
+        #[starlark(require = pos)] args: UnpackListOrTuple<String>,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_entrypoint(args.items)))
+    }
+
+    /// Later steps run with the host network (`True`) or only loopback (`False`).
+    fn with_network(this: &StarContainer, enabled: bool) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_network(enabled)))
+    }
+
+    /// Mounts a persistent cache volume at `path`. With `sharing = "locked"`
+    /// one step at a time uses it.
+    fn with_mounted_cache(
+        this: &StarContainer,
+        path: &str,
+        cache: &StarCacheVolume,
+        #[starlark(require = named, default = "shared")] sharing: &str,
+    ) -> anyhow::Result<StarContainer> {
+        let sharing = parse_sharing(sharing)?;
+        let volume = CacheVolume::new(cache.0.clone());
+        Ok(StarContainer(
+            this.0.with_mounted_cache_sharing(path, &volume, sharing),
+        ))
+    }
+
+    /// Mounts a copy of a directory at `path`; writes to it are not kept.
+    fn with_mounted_directory(
+        this: &StarContainer,
+        path: &str,
+        dir: &StarDirectory,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_mounted_directory(path, &dir.0)))
+    }
+
+    /// Exposes a secret to later steps as an environment variable.
+    fn with_secret_variable(
+        this: &StarContainer,
+        name: &str,
+        secret: &StarSecret,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_secret_variable(name, &secret.0)))
+    }
+
+    /// Mounts a secret as a read-only file at `path`.
+    fn with_mounted_secret(
+        this: &StarContainer,
+        path: &str,
+        secret: &StarSecret,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_mounted_secret(path, &secret.0)))
+    }
+
+    /// The directory at `path` in the container's filesystem.
+    fn directory(this: &StarContainer, path: &str) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(this.0.directory(path)))
+    }
+
+    /// The file at `path` in the container's filesystem.
+    fn file(this: &StarContainer, path: &str) -> anyhow::Result<StarFile> {
+        Ok(StarFile(this.0.file(path)))
+    }
+
+    /// Solves the container and returns the standard output of its last step.
+    fn stdout(this: &StarContainer, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "stdout", this.0.stdout())
+    }
+
+    /// Solves the container and returns the standard error of its last step.
+    fn stderr(this: &StarContainer, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "stderr", this.0.stderr())
+    }
+
+    /// Solves the container and returns the exit code of its last step.
+    fn exit_code(this: &StarContainer, eval: &mut Evaluator) -> anyhow::Result<i32> {
+        solve_now(eval, "exit_code", this.0.exit_code())
+    }
+
+    /// Solves the container (runs whatever is not cached) and returns it.
+    fn sync(this: &StarContainer, eval: &mut Evaluator) -> anyhow::Result<StarContainer> {
+        solve_now(eval, "sync", this.0.sync()).map(StarContainer)
+    }
+}
+
+/// Applies include/exclude globs, which only a host directory can take: for
+/// any other directory the files are already chosen, and `without` is the tool.
+fn filtered(
+    ctx: &Context,
+    dir: &StarDirectory,
+    include: Vec<String>,
+    exclude: Vec<String>,
+) -> anyhow::Result<kiln_engine::Directory> {
+    if include.is_empty() && exclude.is_empty() {
+        return Ok(dir.0.clone());
+    }
+    match &dir.0.node().op {
+        g::DirectoryOp::Host { path, filter } if filter.is_empty() => {
+            Ok(ctx.engine.host_directory_filtered(path, include, exclude))
+        }
+        g::DirectoryOp::Host { .. } => {
+            bail!("include/exclude: this host directory is already filtered")
+        }
+        _ => bail!(
+            "include/exclude apply only to host directories (such as a Directory parameter), \
+             not to {dir}; use without() to drop files from it"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- Directory
+
+#[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarDirectory(#[allocative(skip)] pub kiln_engine::Directory);
+
+starlark_simple_value!(StarDirectory);
+
+impl fmt::Display for StarDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Directory({})", directory_origin(self.0.node()))
+    }
+}
+
+impl fmt::Debug for StarDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+static DIRECTORY_METHODS: MethodsStatic = MethodsStatic::new("Directory", directory_methods);
+
+#[starlark_value(type = "Directory")]
+impl<'v> StarlarkValue<'v> for StarDirectory {
+    fn get_methods() -> Option<&'static Methods> {
+        Some(DIRECTORY_METHODS.methods())
+    }
+}
+
+#[starlark_module]
+fn directory_methods(builder: &mut MethodsBuilder) {
+    /// The subdirectory at `path`.
+    fn directory(this: &StarDirectory, path: &str) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(this.0.directory(path)))
+    }
+
+    /// The file at `path`.
+    fn file(this: &StarDirectory, path: &str) -> anyhow::Result<StarFile> {
+        Ok(StarFile(this.0.file(path)))
+    }
+
+    /// This directory with another one copied in at `path`.
+    fn with_directory(
+        this: &StarDirectory,
+        path: &str,
+        dir: &StarDirectory,
+    ) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(this.0.with_directory(path, &dir.0)))
+    }
+
+    /// This directory with a file copied in at `path`.
+    fn with_file(
+        this: &StarDirectory,
+        path: &str,
+        file: &StarFile,
+    ) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(this.0.with_file(path, &file.0)))
+    }
+
+    /// This directory with a new file holding `contents` at `path`.
+    fn with_new_file(
+        this: &StarDirectory,
+        path: &str,
+        contents: &str,
+        #[starlark(require = named, default = 0o644)] permissions: i32,
+    ) -> anyhow::Result<StarDirectory> {
+        let mode = parse_permissions(permissions)?;
+        Ok(StarDirectory(this.0.with_new_file(path, contents, mode)))
+    }
+
+    /// This directory without the file or directory at `path`.
+    fn without(this: &StarDirectory, path: &str) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(this.0.without(path)))
+    }
+
+    /// Solves the directory and returns the names directly inside it, sorted.
+    fn entries(this: &StarDirectory, eval: &mut Evaluator) -> anyhow::Result<Vec<String>> {
+        solve_now(eval, "entries", this.0.entries())
+    }
+
+    /// Solves the directory and returns its content digest.
+    fn digest(this: &StarDirectory, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "digest", this.0.digest())
+    }
+}
+
+// ---------------------------------------------------------------- File
+
+#[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarFile(#[allocative(skip)] pub kiln_engine::File);
+
+starlark_simple_value!(StarFile);
+
+impl fmt::Display for StarFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.node().op {
+            g::FileOp::FromContainer { container, path } => {
+                write!(f, "File({path} in {})", container_origin(container))
+            }
+            g::FileOp::FromDirectory { dir, path } => {
+                write!(f, "File({path} in {})", directory_origin(dir))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StarFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+static FILE_METHODS: MethodsStatic = MethodsStatic::new("File", file_methods);
+
+#[starlark_value(type = "File")]
+impl<'v> StarlarkValue<'v> for StarFile {
+    fn get_methods() -> Option<&'static Methods> {
+        Some(FILE_METHODS.methods())
+    }
+}
+
+#[starlark_module]
+fn file_methods(builder: &mut MethodsBuilder) {
+    /// Solves the file and returns its contents as text (invalid UTF-8 is
+    /// replaced).
+    fn contents(this: &StarFile, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "contents", this.0.contents_string())
+    }
+
+    /// Solves the file and returns the sha256 of its bytes as `sha256:HEX`.
+    fn digest(this: &StarFile, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "digest", this.0.digest())
+    }
+}
+
+// ---------------------------------------------------------------- Secret
+
+#[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarSecret(#[allocative(skip)] pub kiln_engine::Secret);
+
+starlark_simple_value!(StarSecret);
+
+// Only the secret's label (variable name or path), never its value.
+impl fmt::Display for StarSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Debug for StarSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[starlark_value(type = "Secret")]
+impl<'v> StarlarkValue<'v> for StarSecret {}
+
+// ---------------------------------------------------------------- CacheVolume
+
+#[derive(Clone, Debug, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarCacheVolume(pub String);
+
+starlark_simple_value!(StarCacheVolume);
+
+impl fmt::Display for StarCacheVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheVolume({:?})", self.0)
+    }
+}
+
+#[starlark_value(type = "CacheVolume")]
+impl<'v> StarlarkValue<'v> for StarCacheVolume {}
+
+// ---------------------------------------------------------------- globals
+
+#[starlark_module]
+#[starlark_types(
+    StarContainer as Container,
+    StarDirectory as Directory,
+    StarFile as File,
+    StarSecret as Secret,
+    StarCacheVolume as CacheVolume
+)]
+pub(crate) fn kiln_globals(builder: &mut GlobalsBuilder) {
+    /// A container from an image reference, such as `"alpine:3.20"`.
+    fn container(
+        #[starlark(require = pos)] reference: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<StarContainer> {
+        if reference.trim().is_empty() {
+            bail!("container() needs an image reference, such as \"alpine:3.20\"");
+        }
+        Ok(StarContainer(context(eval)?.engine.container(reference)))
+    }
+
+    /// An empty container, with no filesystem and no configuration.
+    fn scratch(eval: &mut Evaluator) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(context(eval)?.engine.scratch()))
+    }
+
+    /// An empty directory.
+    fn directory(eval: &mut Evaluator) -> anyhow::Result<StarDirectory> {
+        Ok(StarDirectory(context(eval)?.engine.directory()))
+    }
+
+    /// A persistent cache directory shared between runs, identified by name.
+    fn cache_volume(#[starlark(require = pos)] name: &str) -> anyhow::Result<StarCacheVolume> {
+        if name.is_empty() {
+            bail!("cache_volume() needs a name");
+        }
+        Ok(StarCacheVolume(name.to_owned()))
+    }
+}
