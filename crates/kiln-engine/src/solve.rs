@@ -614,7 +614,13 @@ impl Solver {
         if self.inner.store.has_layer(&id) {
             self.inner.store.touch_layer(&id);
         } else {
-            let name = format!("load host directory {}", path.display());
+            let mut name = format!("load host directory {}", path.display());
+            if !filter.include.is_empty() {
+                name.push_str(&format!(" (include {})", filter.include.join(", ")));
+            }
+            if !filter.exclude.is_empty() {
+                name.push_str(&format!(" (exclude {})", filter.exclude.join(", ")));
+            }
             let step = self.inner.next_step();
             let started = Instant::now();
             self.inner.emit(Event::Started {

@@ -39,6 +39,12 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// List the functions of kiln.star: name and the first line of its docstring.
+    Functions(crate::pipeline::ModuleArg),
+    /// Call one function of kiln.star with typed flags (`kiln call NAME --help`).
+    Call(crate::pipeline::CallArgs),
+    /// Run the pipeline as CI would: the function `ci` with the repository as `source`.
+    Run(crate::pipeline::RunArgs),
     /// Run one command in a container, cached by content (like a one-step pipeline).
     Exec(ExecArgs),
     /// Import and list images.
@@ -128,8 +134,8 @@ pub struct ExecArgs {
     /// Export a directory of the result: CONTAINER_PATH:HOST_PATH.
     #[arg(long, value_name = "PATH:HOST")]
     pub export: Vec<String>,
-    /// How to show progress [default: plain lines on stderr].
-    #[arg(long, value_enum, default_value_t = ProgressMode::Plain)]
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
 
@@ -148,16 +154,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => image(store, cmd),
         Command::Cache(cmd) => cache(store, cmd),
-        Command::Exec(args) => {
-            let engine = Engine::open(EngineOptions {
-                store,
-                runtime: cli.global.runtime,
-                ..EngineOptions::default()
-            })
-            .context("opening the engine")?;
-            exec(engine, args).await
+        Command::Exec(args) => exec(open_engine(store, cli.global.runtime)?, args).await,
+        Command::Functions(module) => {
+            crate::pipeline::functions(open_engine(store, cli.global.runtime)?, module).await
+        }
+        Command::Call(args) => {
+            crate::pipeline::call(open_engine(store, cli.global.runtime)?, args).await
+        }
+        Command::Run(args) => {
+            crate::pipeline::run(open_engine(store, cli.global.runtime)?, args).await
         }
     }
+}
+
+fn open_engine(store: PathBuf, runtime: PathBuf) -> Result<Engine> {
+    Engine::open(EngineOptions {
+        store: store.clone(),
+        runtime,
+        ..EngineOptions::default()
+    })
+    .with_context(|| format!("opening the engine (store {})", store.display()))
 }
 
 fn image(store: PathBuf, cmd: ImageCommand) -> Result<ExitCode> {
@@ -317,7 +333,7 @@ async fn exec(engine: Engine, args: ExecArgs) -> Result<ExitCode> {
     };
     let c = c.with_exec_opts(args.args.clone(), ExecOptions { expect });
 
-    let renderer = progress::spawn(&engine, args.progress);
+    let renderer = progress::spawn(&engine, args.progress, &args.image);
     let result = c.sync().await;
     renderer.finish().await;
     let c = match result {

@@ -2,6 +2,7 @@
 //! renders progress.
 
 mod cli;
+mod pipeline;
 mod progress;
 
 use std::process::ExitCode;

@@ -1,19 +1,37 @@
-//! Renders engine events for people (plain lines) and machines (JSON lines).
+//! Renders engine events: a live tree on a terminal, one line per event for
+//! CI logs, or JSON lines for machines.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use clap::ValueEnum;
-use kiln_engine::{Engine, Event, Outcome, Stream};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
 use tokio::task::JoinHandle;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
-    /// One line per event on stderr, prefixed by step number.
+    /// A live tree on a terminal, plain lines otherwise.
+    Auto,
+    /// A live tree of steps with their state, duration and latest output.
+    Tty,
+    /// One line per event on stderr, prefixed by step number (for CI logs).
     Plain,
-    /// Events as JSON lines on stderr.
+    /// Events as JSON lines on stdout.
     Json,
     /// Nothing.
     Quiet,
+}
+
+impl ProgressMode {
+    pub fn resolve(self) -> ProgressMode {
+        match self {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Tty,
+            ProgressMode::Auto => ProgressMode::Plain,
+            other => other,
+        }
+    }
 }
 
 pub struct Renderer {
@@ -22,25 +40,27 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// Stops after draining the events already emitted.
+    /// Stops after drawing the events already emitted.
     pub async fn finish(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 }
 
-pub fn spawn(engine: &Engine, mode: ProgressMode) -> Renderer {
+pub fn spawn(engine: &Engine, mode: ProgressMode, title: &str) -> Renderer {
     let mut events = engine.subscribe();
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let mut sink = Sink::new(mode.resolve(), title);
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => render(mode, &event),
+                Some(event) = events.recv() => sink.render(&event),
                 _ = &mut stopped => {
                     while let Ok(event) = events.try_recv() {
-                        render(mode, &event);
+                        sink.render(&event);
                     }
+                    sink.close();
                     break;
                 }
             }
@@ -49,51 +69,188 @@ pub fn spawn(engine: &Engine, mode: ProgressMode) -> Renderer {
     Renderer { task, stop }
 }
 
-fn render(mode: ProgressMode, event: &Event) {
-    let mut err = std::io::stderr().lock();
-    match mode {
-        ProgressMode::Quiet => {}
-        ProgressMode::Json => {
-            if let Ok(line) = serde_json::to_string(event) {
-                let _ = writeln!(err, "{line}");
-            }
-        }
-        ProgressMode::Plain => {
-            let _ = match event {
-                Event::Started { step, name, .. } => writeln!(err, "#{} {name}", step.0),
-                Event::Cached { step, name, .. } => writeln!(err, "#{} CACHED {name}", step.0),
-                Event::Output { step, stream, data } => {
-                    let tag = match stream {
-                        Stream::Stdout => "",
-                        Stream::Stderr => " stderr",
-                    };
-                    let text = String::from_utf8_lossy(data);
-                    let mut result = Ok(());
-                    for line in text.lines() {
-                        result = writeln!(err, "#{}{tag} | {line}", step.0);
-                    }
-                    result
-                }
-                Event::Finished {
-                    step,
-                    duration,
-                    outcome,
-                    ..
-                } => match outcome {
-                    Outcome::Succeeded { .. } => {
-                        writeln!(err, "#{} DONE {:.2}s", step.0, duration.as_secs_f64())
-                    }
-                    Outcome::Failed { message } => {
-                        let first = message.lines().next().unwrap_or("");
-                        writeln!(
-                            err,
-                            "#{} FAILED {:.2}s: {first}",
-                            step.0,
-                            duration.as_secs_f64()
-                        )
-                    }
-                },
-            };
+enum Sink {
+    Quiet,
+    Plain,
+    Json,
+    Tree(Tree),
+}
+
+impl Sink {
+    fn new(mode: ProgressMode, title: &str) -> Sink {
+        match mode {
+            ProgressMode::Quiet => Sink::Quiet,
+            ProgressMode::Plain | ProgressMode::Auto => Sink::Plain,
+            ProgressMode::Json => Sink::Json,
+            ProgressMode::Tty => Sink::Tree(Tree::new(title)),
         }
     }
+
+    fn render(&mut self, event: &Event) {
+        match self {
+            Sink::Quiet => {}
+            Sink::Json => {
+                if let Ok(line) = serde_json::to_string(event) {
+                    let _ = writeln!(std::io::stdout().lock(), "{line}");
+                }
+            }
+            Sink::Plain => plain(event),
+            Sink::Tree(tree) => tree.render(event),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Sink::Tree(tree) = self {
+            tree.close();
+        }
+    }
+}
+
+fn plain(event: &Event) {
+    let mut err = std::io::stderr().lock();
+    let _ = match event {
+        Event::Started { step, name, .. } => writeln!(err, "#{} {name}", step.0),
+        Event::Cached { step, name, .. } => writeln!(err, "#{} CACHED {name}", step.0),
+        Event::Output { step, stream, data } => {
+            let tag = match stream {
+                Stream::Stdout => "",
+                Stream::Stderr => " stderr",
+            };
+            let text = String::from_utf8_lossy(data);
+            let mut result = Ok(());
+            for line in text.lines() {
+                result = writeln!(err, "#{}{tag} | {line}", step.0);
+            }
+            result
+        }
+        Event::Finished {
+            step,
+            duration,
+            outcome,
+            ..
+        } => match outcome {
+            Outcome::Succeeded { .. } => {
+                writeln!(err, "#{} DONE {:.2}s", step.0, duration.as_secs_f64())
+            }
+            Outcome::Failed { message } => {
+                let first = message.lines().next().unwrap_or("");
+                writeln!(
+                    err,
+                    "#{} FAILED {:.2}s: {first}",
+                    step.0,
+                    duration.as_secs_f64()
+                )
+            }
+        },
+    };
+}
+
+/// The live view: one line per step under the function being run, each
+/// with its state; a running step shows its latest line of output.
+struct Tree {
+    multi: MultiProgress,
+    steps: HashMap<StepId, (ProgressBar, String)>,
+}
+
+impl Tree {
+    fn new(title: &str) -> Tree {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let root = multi.add(ProgressBar::new_spinner());
+        root.set_style(
+            ProgressStyle::with_template("{msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        root.finish_with_message(format!("▶ {title}"));
+        Tree {
+            multi,
+            steps: HashMap::new(),
+        }
+    }
+
+    fn running_style() -> ProgressStyle {
+        ProgressStyle::with_template("  ├─ {spinner} {msg} {elapsed:.dim}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    }
+
+    fn done_style() -> ProgressStyle {
+        ProgressStyle::with_template("  ├─ {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    }
+
+    fn render(&mut self, event: &Event) {
+        match event {
+            Event::Started { step, name, .. } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(Self::running_style());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bar.set_message(short(name, 70));
+                self.steps.insert(*step, (bar, name.clone()));
+            }
+            Event::Cached { step, name, .. } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(Self::done_style());
+                bar.finish_with_message(format!("⚡ cached  {}", short(name, 70)));
+                self.steps.insert(*step, (bar, name.clone()));
+            }
+            Event::Output { step, data, .. } => {
+                if let Some((bar, name)) = self.steps.get(step) {
+                    let text = String::from_utf8_lossy(data);
+                    if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                        bar.set_message(format!(
+                            "{} │ {}",
+                            short(name, 50),
+                            short(last.trim(), 60)
+                        ));
+                    }
+                }
+            }
+            Event::Finished {
+                step,
+                duration,
+                outcome,
+                ..
+            } => {
+                if let Some((bar, name)) = self.steps.get(step) {
+                    bar.set_style(Self::done_style());
+                    let secs = duration.as_secs_f64();
+                    let line = match outcome {
+                        Outcome::Succeeded { .. } => {
+                            format!("✔ done    {} ({secs:.2}s)", short(name, 70))
+                        }
+                        Outcome::Failed { .. } => {
+                            format!("✘ failed  {} ({secs:.2}s)", short(name, 70))
+                        }
+                    };
+                    bar.finish_with_message(line);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        for (bar, _) in self.steps.values() {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+        let _ = self.multi.clear();
+        // Leave the final state on screen as plain lines.
+        let mut ids: Vec<_> = self.steps.keys().copied().collect();
+        ids.sort();
+        let mut err = std::io::stderr().lock();
+        for id in ids {
+            if let Some((bar, _)) = self.steps.get(&id) {
+                let _ = writeln!(err, "  {}", bar.message());
+            }
+        }
+    }
+}
+
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }

@@ -1,0 +1,527 @@
+//! `kiln functions`, `kiln call` and `kiln run`: the commands over kiln.star.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Arg, ArgAction, Args};
+use kiln_engine::Engine;
+use kiln_starlark::{ArgValue, FunctionInfo, Output, ParamType, Pipeline};
+
+use crate::progress::{self, ProgressMode};
+
+#[derive(Args, Debug)]
+pub struct ModuleArg {
+    /// Directory holding kiln.star [default: the nearest one at or above the current directory]
+    #[arg(short = 'm', long = "module", value_name = "DIR")]
+    pub module: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct OutputArgs {
+    /// Write a returned Directory or File here (atomically).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print progress events and the result as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    disable_help_flag = true,
+    after_help = "Run `kiln call NAME --help` to see a function's flags. kiln's own options may also follow NAME."
+)]
+pub struct CallArgs {
+    #[command(flatten)]
+    pub module: ModuleArg,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Print help (of the function, when NAME is given).
+    #[arg(short = 'h', long = "help")]
+    pub help: bool,
+    /// The function to call (see `kiln functions`).
+    pub name: Option<String>,
+    /// The function's flags, e.g. --source . --count 3
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
+    pub flags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub module: ModuleArg,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Further flags for `ci`, e.g. --token env:TOKEN
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
+    pub flags: Vec<String>,
+}
+
+/// The directory holding kiln.star: the one given, or the nearest upward.
+pub fn module_root(module: &ModuleArg) -> Result<PathBuf> {
+    match &module.module {
+        Some(dir) => {
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            if !dir.join("kiln.star").is_file() {
+                bail!("no kiln.star in {}", dir.display());
+            }
+            Ok(dir)
+        }
+        None => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            kiln_starlark::find_root(&cwd).ok_or_else(|| {
+                anyhow!(
+                    "no kiln.star in {} or any directory above it (use -m DIR to point at one)",
+                    cwd.display()
+                )
+            })
+        }
+    }
+}
+
+pub async fn functions(engine: Engine, module: ModuleArg) -> Result<ExitCode> {
+    let root = module_root(&module)?;
+    let handle = tokio::runtime::Handle::current();
+    let infos = tokio::task::spawn_blocking(move || -> Result<Vec<FunctionInfo>> {
+        let pipeline = Pipeline::load(&root, engine, handle)?;
+        Ok(pipeline.functions())
+    })
+    .await??;
+    if infos.is_empty() {
+        eprintln!("kiln.star defines no function with a docstring");
+    }
+    let width = infos
+        .iter()
+        .map(|f| kebab(&f.name).len())
+        .max()
+        .unwrap_or(0);
+    for info in infos {
+        println!("{:<width$}  {}", kebab(&info.name), info.summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn call(engine: Engine, mut args: CallArgs) -> Result<ExitCode> {
+    let Some(name) = args.name.take() else {
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        if let Some(call) = cli.find_subcommand_mut("call") {
+            call.print_long_help()?;
+        }
+        return Ok(if args.help {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    };
+    if args.help {
+        args.flags.push("--help".into());
+    }
+    invoke(engine, &args.module, args.out, name, args.flags, None).await
+}
+
+pub async fn run(engine: Engine, args: RunArgs) -> Result<ExitCode> {
+    let root = module_root(&args.module)?;
+    let source = root.display().to_string();
+    invoke(
+        engine,
+        &args.module,
+        args.out,
+        "ci".into(),
+        args.flags,
+        Some(source),
+    )
+    .await
+}
+
+enum Prepared {
+    /// `--help` was asked for: print this and stop.
+    Help(String),
+    Ready {
+        pipeline: Box<Pipeline>,
+        name: String,
+        args: Vec<(String, ArgValue)>,
+        own: OwnOptions,
+    },
+}
+
+/// kiln's own options found among a function's flags.
+#[derive(Default)]
+struct OwnOptions {
+    output: Option<PathBuf>,
+    progress: Option<ProgressMode>,
+    json: bool,
+}
+
+async fn invoke(
+    engine: Engine,
+    module: &ModuleArg,
+    mut out: OutputArgs,
+    name: String,
+    flags: Vec<String>,
+    source: Option<String>,
+) -> Result<ExitCode> {
+    let root = module_root(module)?;
+    let handle = tokio::runtime::Handle::current();
+    let prepared = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || prepare(&root, engine, handle, &name, flags, source))
+            .await?
+    };
+    let (pipeline, name, args) = match prepared {
+        Ok(Prepared::Help(text)) => {
+            print!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(Prepared::Ready {
+            pipeline,
+            name,
+            args,
+            own,
+        }) => {
+            out.output = own.output.or(out.output);
+            out.progress = own.progress.unwrap_or(out.progress);
+            out.json |= own.json;
+            (pipeline, name, args)
+        }
+        Err(e) => return fail(&engine, &e, out.json),
+    };
+    let mode = if out.json {
+        ProgressMode::Json
+    } else {
+        out.progress
+    };
+    // Progress runs during the call too: a function may solve values itself.
+    let renderer = progress::spawn(&engine, mode, &name);
+    let called = tokio::task::spawn_blocking(move || pipeline.call(&name, args)).await?;
+    let output = match called {
+        Ok(output) => kiln_starlark::solve(output)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    renderer.finish().await;
+    match output {
+        Ok(output) => {
+            print_output(&output, out.output.as_deref(), out.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(&engine, &e, out.json),
+    }
+}
+
+fn fail(engine: &Engine, error: &anyhow::Error, json: bool) -> Result<ExitCode> {
+    let message = engine.redact(&format!("{error:#}"));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "result", "ok": false, "error": message})
+        );
+    }
+    // Starlark's diagnostics already begin with "error:".
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("error: {message}");
+    Ok(ExitCode::FAILURE)
+}
+
+fn prepare(
+    root: &Path,
+    engine: Engine,
+    handle: tokio::runtime::Handle,
+    name: &str,
+    flags: Vec<String>,
+    source: Option<String>,
+) -> Result<Prepared> {
+    let pipeline = Pipeline::load(root, engine.clone(), handle)?;
+    // Commands are shown in kebab-case like their flags; either spelling works.
+    let name = resolve_name(&pipeline, name)?;
+    let info = pipeline.function(&name)?;
+    if let Some(p) = info
+        .params
+        .iter()
+        .find(|p| p.required && !p.ty.is_supported())
+    {
+        bail!(
+            "{name}: parameter `{}` cannot be set from the command line ({}); annotate it as Directory, File, Secret, str, int, bool or list[str]",
+            p.name,
+            p.ty.name()
+        );
+    }
+    let (flags, own) = take_own_options(&info, flags)?;
+    let command = function_command(&info);
+    let matches = match command.clone().try_get_matches_from(&flags) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp) => {
+            return Ok(Prepared::Help(
+                command.clone().render_long_help().to_string(),
+            ));
+        }
+        Err(e) => bail!("{}", e.to_string().trim_start_matches("error: ").trim_end()),
+    };
+    let mut given: Vec<(String, ArgValue)> = Vec::new();
+    for param in &info.params {
+        let mut raw: Vec<String> = matches
+            .get_many::<String>(&param.name)
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        if raw.is_empty() && param.name == "source" {
+            if let Some(source) = &source {
+                raw.push(source.clone());
+            }
+        }
+        if raw.is_empty() {
+            continue;
+        }
+        let value = kiln_starlark::parse_arg(&engine, param, &raw)?;
+        given.push((param.name.clone(), value));
+    }
+    kiln_starlark::check_args(&info, &given)?;
+    Ok(Prepared::Ready {
+        pipeline: Box::new(pipeline),
+        name,
+        args: given,
+        own,
+    })
+}
+
+/// Pulls `--progress`, `--json` and `-o/--output` out of the function's
+/// flags, so they may be written after the function name, unless the
+/// function has a parameter of that name (then the flag is the function's).
+fn take_own_options(info: &FunctionInfo, flags: Vec<String>) -> Result<(Vec<String>, OwnOptions)> {
+    let taken = |flag: &str| info.params.iter().any(|p| p.flag == flag);
+    let mut own = OwnOptions::default();
+    let mut rest = Vec::new();
+    let mut tokens = flags.into_iter();
+    while let Some(token) = tokens.next() {
+        let (key, inline) = match token.split_once('=') {
+            Some((k, v)) if k.starts_with('-') => (k.to_owned(), Some(v.to_owned())),
+            _ => (token.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String> {
+            match inline.clone().or_else(|| tokens.next()) {
+                Some(v) => Ok(v),
+                None => bail!("{what} needs a value"),
+            }
+        };
+        match key.as_str() {
+            "--progress" if !taken("progress") => {
+                let v = value("--progress")?;
+                own.progress = Some(
+                    <ProgressMode as clap::ValueEnum>::from_str(&v, true).map_err(|_| {
+                        anyhow!("--progress: expected auto, tty, plain, json or quiet, got {v:?}")
+                    })?,
+                );
+            }
+            "--json" if !taken("json") => own.json = true,
+            "-o" | "--output" if !taken("output") => {
+                own.output = Some(PathBuf::from(value("--output")?))
+            }
+            _ => rest.push(token),
+        }
+    }
+    Ok((rest, own))
+}
+
+/// `check-links` and `check_links` both name the function `check_links`.
+fn resolve_name(pipeline: &Pipeline, name: &str) -> Result<String> {
+    let snake = name.replace('-', "_");
+    if pipeline.function(&snake).is_ok() {
+        return Ok(snake);
+    }
+    match pipeline.function(name) {
+        Ok(_) => Ok(name.to_owned()),
+        Err(kiln_starlark::Error::UnknownFunction { suggestions, .. }) => {
+            let hint = match suggestions.as_slice() {
+                [] => "run `kiln functions` to list them".to_owned(),
+                names => format!(
+                    "did you mean {}?",
+                    names
+                        .iter()
+                        .map(|n| format!("`{}`", kebab(n)))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            };
+            bail!("kiln.star has no function `{name}`: {hint}")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn kebab(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// A command whose flags are the function's parameters, for parsing and
+/// for `--help`.
+fn function_command(info: &FunctionInfo) -> clap::Command {
+    let mut cmd = clap::Command::new(format!("kiln call {}", kebab(&info.name)))
+        .no_binary_name(true)
+        .about(info.summary.clone())
+        .disable_version_flag(true);
+    if !info.doc.is_empty() {
+        cmd = cmd.long_about(info.doc.clone());
+    }
+    for param in &info.params {
+        let mut help = match &param.help {
+            Some(text) => format!("{text} — {} ({})", param.ty.name(), param.ty.hint()),
+            None => format!("{} ({})", param.ty.name(), param.ty.hint()),
+        };
+        match (&param.default, param.required) {
+            (_, true) => help.push_str(" [required]"),
+            (Some(default), false) => help.push_str(&format!(" [default: {default}]")),
+            (None, false) => {}
+        }
+        let mut arg = Arg::new(param.name.clone())
+            .long(param.flag.clone())
+            .value_name(if param.ty.is_supported() {
+                param.ty.name().to_uppercase()
+            } else {
+                "VALUE".into()
+            })
+            .help(help)
+            .action(ArgAction::Append);
+        if matches!(param.ty, ParamType::Bool) {
+            arg = arg.num_args(0..=1).default_missing_value("true");
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+async fn print_output(output: &Output, dest: Option<&Path>, json: bool) -> Result<()> {
+    if let Some(dest) = dest {
+        let exportable = exportables(output);
+        match exportable.as_slice() {
+            [one] => export(one, dest).await?,
+            [] => {
+                bail!("-o/--output: the function returned nothing to write (no Directory or File)")
+            }
+            _ => bail!(
+                "-o/--output: the function returned {} directories/files; return one to export it",
+                exportable.len()
+            ),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "result", "ok": true, "value": to_json(output).await?})
+        );
+        return Ok(());
+    }
+    print_human(output, dest.is_some()).await
+}
+
+fn exportables(output: &Output) -> Vec<&Output> {
+    match output {
+        Output::Directory(_) | Output::File(_) => vec![output],
+        Output::List(items) => items.iter().flat_map(exportables).collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn export(output: &Output, dest: &Path) -> Result<()> {
+    match output {
+        Output::Directory(d) => {
+            d.export(dest).await?;
+        }
+        Output::File(f) => {
+            f.export(dest).await?;
+        }
+        _ => {}
+    }
+    eprintln!("wrote {}", dest.display());
+    Ok(())
+}
+
+fn print_human<'a>(
+    output: &'a Output,
+    exported: bool,
+) -> futures::future::BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        match output {
+            Output::None => {}
+            Output::Str(s) => {
+                print!("{s}");
+                if !s.is_empty() && !s.ends_with('\n') {
+                    println!();
+                }
+            }
+            Output::Int(n) => println!("{n}"),
+            Output::Bool(b) => println!("{b}"),
+            Output::Other(s) => println!("{s}"),
+            Output::Container(c) => {
+                let config = c.config().await?;
+                println!("Container {}", c.rootfs_digest().await?);
+                println!("  workdir:    {}", config.workdir);
+                println!("  user:       {}", config.user.as_deref().unwrap_or("root"));
+                println!("  entrypoint: {:?}", config.entrypoint);
+                println!("  cmd:        {:?}", config.cmd);
+                for var in &config.env {
+                    println!("  env:        {var}");
+                }
+            }
+            Output::Directory(d) => {
+                if !exported {
+                    println!("Directory {}", d.digest().await?);
+                    for entry in d.entries().await? {
+                        println!("  {entry}");
+                    }
+                }
+            }
+            Output::File(f) => {
+                if !exported {
+                    let bytes = f.contents().await?;
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+            Output::List(items) => {
+                for item in items {
+                    print_human(item, exported).await?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn to_json<'a>(output: &'a Output) -> futures::future::BoxFuture<'a, Result<serde_json::Value>> {
+    Box::pin(async move {
+        use serde_json::json;
+        Ok(match output {
+            Output::None => serde_json::Value::Null,
+            Output::Str(s) => json!(s),
+            Output::Int(n) => json!(n),
+            Output::Bool(b) => json!(b),
+            Output::Other(s) => json!(s),
+            Output::Container(c) => {
+                json!({"type": "Container", "rootfs": c.rootfs_digest().await?, "config": c.config().await?})
+            }
+            Output::Directory(d) => {
+                json!({"type": "Directory", "digest": d.digest().await?, "entries": d.entries().await?})
+            }
+            Output::File(f) => json!({"type": "File", "digest": f.digest().await?}),
+            Output::List(items) => {
+                let mut values = Vec::new();
+                for item in items {
+                    values.push(to_json(item).await?);
+                }
+                serde_json::Value::Array(values)
+            }
+        })
+    })
+}

@@ -1,0 +1,521 @@
+//! `kiln functions`, `kiln call` and `kiln run` over real kiln.star files,
+//! including the repository's examples end to end. Needs root and runc.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn privileged() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && runc {
+        return true;
+    }
+    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
+        panic!("this test needs root and runc");
+    }
+    eprintln!("skipping: needs root and runc");
+    false
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A store with busybox imported under the names the examples and tests use.
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let layout = kiln_testkit::busybox_image(env.dir.path(), kiln_testkit::Compression::Gzip);
+        for tag in ["busybox:latest", "busybox:test"] {
+            let out = env.kiln(&["image", "import", layout.to_str().unwrap(), "--tag", tag]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        env
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_STORE", self.dir.path().join("store"))
+            .env_remove("KILN_LOG")
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+    /// Writes a kiln.star (and friends) into a fresh module directory.
+    fn module(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.path(name);
+        for (rel, text) in files {
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+    fn counter(&self, volume: &str, name: &str) -> u32 {
+        std::fs::read_to_string(self.path("store/volumes").join(volume).join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn out(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let blog = repo().join("examples/blog");
+    let public = env.path("public");
+    let run = env.kiln(&[
+        "run",
+        "-m",
+        blog.to_str().unwrap(),
+        "-o",
+        public.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ]);
+    assert!(run.status.success(), "{:?}", out(&run));
+    let index = std::fs::read_to_string(public.join("index.html")).unwrap();
+    assert!(
+        index.contains("<h1>The kiln blog</h1>") && index.contains("href=\"intro.html\""),
+        "{index}"
+    );
+    assert!(out(&run).1.contains("all links resolve"), "{:?}", out(&run));
+
+    let check = env.kiln(&[
+        "call",
+        "-m",
+        blog.to_str().unwrap(),
+        "check-links",
+        "--source",
+        blog.to_str().unwrap(),
+    ]);
+    assert_eq!(out(&check).0, "all links resolve\n", "{:?}", out(&check));
+
+    // A broken link fails the run, and the error shows the failing step's output.
+    let copy = env.path("blog-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    copy_tree(&blog, &copy);
+    std::fs::write(
+        copy.join("docs/intro.md"),
+        "# Introduction\n\nSee [the missing page](gone.md).\n",
+    )
+    .unwrap();
+    let broken = env.kiln(&["run", "-m", copy.to_str().unwrap(), "--progress", "plain"]);
+    assert!(!broken.status.success());
+    let (_, err) = out(&broken);
+    assert!(
+        err.contains("intro.html: broken link to gone.html"),
+        "{err}"
+    );
+    assert!(err.contains("exited with code 1"), "{err}");
+
+    // Drift between vendored packages and the lockfile fails the install.
+    std::fs::write(copy.join("docs/intro.md"), "# Introduction\n").unwrap();
+    let script = copy.join("vendor/build.sh");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str("# tampered\n");
+    std::fs::write(&script, text).unwrap();
+    let drift = env.kiln(&["run", "-m", copy.to_str().unwrap(), "--progress", "plain"]);
+    assert!(!drift.status.success());
+    assert!(
+        out(&drift).1.contains("FAILED"),
+        "sha256sum names the drifted file: {:?}",
+        out(&drift)
+    );
+}
+
+#[test]
+fn parallel_tests_example_exports_its_artifact() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let example = repo().join("examples/parallel-tests");
+    let artifact = env.path("dist/calc");
+    let run = env.kiln(&[
+        "run",
+        "-m",
+        example.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ]);
+    assert!(run.status.success(), "{:?}", out(&run));
+    let (_, err) = out(&run);
+    assert!(
+        err.contains("ok   mul 4 5") && err.contains("ok   calc mul"),
+        "{err}"
+    );
+    let calc = Command::new("sh")
+        .arg(&artifact)
+        .args(["add", "40", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&calc.stdout), "42\n");
+}
+
+#[test]
+fn functions_lists_documented_functions() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let listed = env.kiln(&[
+        "functions",
+        "-m",
+        repo().join("examples/blog").to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = out(&listed);
+    assert!(listed.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].starts_with("build ") && lines[0].contains("Build the static site"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("check-links") && stdout.contains("ci ") && stdout.contains("install"));
+    assert!(
+        !stdout.contains("site_builder"),
+        "loaded helpers are not commands: {stdout}"
+    );
+
+    // -m defaults to the nearest kiln.star upward.
+    let nested = env.module(
+        "proj",
+        &[
+            (
+                "kiln.star",
+                "def hello() -> str:\n    \"\"\"Say hello.\"\"\"\n    return \"hi\"\n",
+            ),
+            ("sub/dir/.keep", ""),
+        ],
+    );
+    let from_sub = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["functions"])
+        .env("KILN_STORE", env.path("store"))
+        .current_dir(nested.join("sub/dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out(&from_sub).0.trim(), "hello  Say hello.");
+}
+
+const TYPED: &str = r#"
+def typed(source: Directory, config: File, token: Secret, name: str, count: int = 2, verbose: bool = False, tags: list[str] = []) -> str:
+    """Exercise every parameter type.
+
+    Longer description of the function.
+    """
+    c = (container("busybox:test")
+        .with_directory("/src", source)
+        .with_file("/etc/app.conf", config)
+        .with_secret_variable("TOKEN", token)
+        .with_exec(["sh", "-c", "echo name=" + name + " count=" + str(count) + " verbose=" + str(verbose) + " tags=" + ",".join(tags) + " files=$(ls /src | wc -l) conf=$(cat /etc/app.conf) token=$TOKEN"]))
+    return c.stdout()
+"#;
+
+#[test]
+fn typed_flags_help_and_errors() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let module = env.module(
+        "typed",
+        &[
+            ("kiln.star", TYPED),
+            ("data/a.txt", "a"),
+            ("data/b.txt", "b"),
+            ("app.conf", "port=80"),
+        ],
+    );
+    let m = module.to_str().unwrap();
+
+    let help = env.kiln(&["call", "-m", m, "typed", "--help"]);
+    let (text, _) = out(&help);
+    assert!(help.status.success());
+    for needle in [
+        "Exercise every parameter type.",
+        "Longer description",
+        "--source",
+        "--config",
+        "--token",
+        "--name",
+        "--count",
+        "--verbose",
+        "--tags",
+        "Directory",
+        "Secret",
+        "env:NAME or file:PATH",
+        "int",
+        "[default: 2]",
+        "[required]",
+        "list[str]",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle:?}:\n{text}");
+    }
+
+    let data = module.join("data");
+    let conf = module.join("app.conf");
+    let ok = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "call",
+            "-m",
+            m,
+            "typed",
+            "--source",
+            data.to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+            "--token",
+            "env:KILN_TYPED_TOKEN",
+            "--name",
+            "demo",
+            "--count",
+            "5",
+            "--verbose",
+            "--tags",
+            "x,y",
+            "--tags",
+            "z",
+            "--progress",
+            "quiet",
+        ])
+        .env("KILN_STORE", env.path("store"))
+        .env("KILN_TYPED_TOKEN", "s3cret-token-value")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out(&ok).0,
+        "name=demo count=5 verbose=True tags=x,y,z files=2 conf=port=80 token=***\n",
+        "{:?}",
+        out(&ok)
+    );
+
+    let bad_int = env.kiln(&["call", "-m", m, "typed", "--count", "many"]);
+    assert!(!bad_int.status.success());
+    let (_, err) = out(&bad_int);
+    assert!(err.contains("--count") && err.contains("int"), "{err}");
+
+    let missing = env.kiln(&[
+        "call",
+        "-m",
+        m,
+        "typed",
+        "--source",
+        data.to_str().unwrap(),
+        "--config",
+        conf.to_str().unwrap(),
+        "--name",
+        "x",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        out(&missing).1.contains("--token"),
+        "names the missing secret flag: {:?}",
+        out(&missing)
+    );
+
+    let no_path = env.kiln(&["call", "-m", m, "typed", "--source", "/no/such/dir"]);
+    assert!(
+        out(&no_path).1.contains("/no/such/dir"),
+        "{:?}",
+        out(&no_path)
+    );
+
+    let typo = env.kiln(&["call", "-m", m, "typd"]);
+    assert!(!typo.status.success());
+    assert!(
+        out(&typo).1.contains("typed"),
+        "suggests the closest function: {:?}",
+        out(&typo)
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_file_line_and_column() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let module = env.module(
+        "bad",
+        &[(
+            "kiln.star",
+            "def ok() -> str:\n    \"\"\"Fine.\"\"\"\n    return \"x\"\n\ndef broken(:\n    pass\n",
+        )],
+    );
+    let listed = env.kiln(&["functions", "-m", module.to_str().unwrap()]);
+    assert!(!listed.status.success());
+    let (_, err) = out(&listed);
+    assert!(err.contains("kiln.star:5:"), "{err}");
+    assert!(
+        err.contains("def broken(:"),
+        "shows the offending line: {err}"
+    );
+}
+
+#[test]
+fn second_call_reuses_the_cache_and_json_mode_is_machine_readable() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let module = env.module(
+        "cached",
+        &[(
+            "kiln.star",
+            r#"
+def count(source: Directory) -> str:
+    """Counts its runs in a cache volume."""
+    return (container("busybox:test")
+        .with_mounted_cache("/count", cache_volume("runs"))
+        .with_directory("/src", source)
+        .with_exec(["sh", "-c", "n=$(cat /count/n 2>/dev/null || echo 0); echo $((n+1)) > /count/n; cat /src/input.txt"])
+        .stdout())
+"#,
+        ), ("src/input.txt", "payload\n")],
+    );
+    let src = module.join("src");
+    let args = [
+        "call",
+        "-m",
+        module.to_str().unwrap(),
+        "count",
+        "--source",
+        src.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ];
+    assert_eq!(out(&env.kiln(&args)).0, "payload\n");
+    let second = env.kiln(&args);
+    assert_eq!(out(&second).0, "payload\n");
+    assert_eq!(
+        env.counter("runs", "n"),
+        1,
+        "the second call ran the step again"
+    );
+    assert!(out(&second).1.contains("CACHED"), "{:?}", out(&second));
+
+    std::fs::write(src.join("input.txt"), "changed\n").unwrap();
+    let json = env.kiln(&[
+        "call",
+        "-m",
+        module.to_str().unwrap(),
+        "count",
+        "--source",
+        src.to_str().unwrap(),
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out(&json)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(lines.iter().any(|e| e["event"] == "started"), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "result");
+    assert_eq!(last["value"], "changed\n");
+    assert_eq!(env.counter("runs", "n"), 2);
+}
+
+#[test]
+fn a_failed_step_shows_command_exit_code_and_last_30_lines() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let module = env.module(
+        "failing",
+        &[(
+            "kiln.star",
+            r#"
+def fail() -> str:
+    """Prints forty lines and fails."""
+    return container("busybox:test").with_exec(["sh", "-c", "for i in $(seq 1 40); do echo line-$i; done; exit 3"]).stdout()
+
+def no_image() -> str:
+    """Uses an image that is not in the store."""
+    return container("registry.example/missing:1.0").with_exec(["true"]).stdout()
+"#,
+        )],
+    );
+    let failed = env.kiln(&[
+        "call",
+        "-m",
+        module.to_str().unwrap(),
+        "fail",
+        "--progress",
+        "quiet",
+    ]);
+    assert_eq!(failed.status.code(), Some(1));
+    let (_, err) = out(&failed);
+    assert!(err.contains("exited with code 3"), "{err}");
+    assert!(
+        err.contains("for i in $(seq 1 40)"),
+        "shows the command: {err}"
+    );
+    assert!(
+        err.contains("line-11\n") && err.contains("line-40"),
+        "{err}"
+    );
+    assert!(!err.contains("line-10\n"), "only the last 30 lines: {err}");
+
+    let missing = env.kiln(&[
+        "call",
+        "-m",
+        module.to_str().unwrap(),
+        "no-image",
+        "--progress",
+        "quiet",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        out(&missing).1.contains("registry.example/missing:1.0"),
+        "{:?}",
+        out(&missing)
+    );
+}
