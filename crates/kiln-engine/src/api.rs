@@ -446,9 +446,30 @@ impl Directory {
         &self.node
     }
 
+    /// A subdirectory. Of a host directory, it is keyed by the content of
+    /// that subtree alone, so changes elsewhere in the tree do not reach it.
     pub fn directory(&self, path: &str) -> Directory {
+        let parent = match &self.node.op {
+            // Narrowing with an include keeps the root's .gitignore rules in
+            // force. Only without includes of its own: two include lists
+            // would widen (either matches), not narrow.
+            g::DirectoryOp::Host { path: root, filter } if filter.include.is_empty() => {
+                let sub = crate::config::normalize(path);
+                let narrowed = g::Filter {
+                    include: vec![format!("{}/", sub)],
+                    exclude: filter.exclude.clone(),
+                };
+                Arc::new(g::DirectoryNode {
+                    op: g::DirectoryOp::Host {
+                        path: root.clone(),
+                        filter: narrowed,
+                    },
+                })
+            }
+            _ => self.node.clone(),
+        };
         self.then(g::DirectoryOp::Subdirectory {
-            parent: self.node.clone(),
+            parent,
             path: path.to_owned(),
         })
     }

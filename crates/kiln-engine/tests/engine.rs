@@ -491,3 +491,37 @@ async fn host_file_and_container_config() {
     assert_eq!(config.user.as_deref(), Some("nobody"));
     assert_eq!(config.cmd, vec!["sh"]);
 }
+
+#[tokio::test]
+async fn subdirectory_of_a_host_tree_is_keyed_by_that_subtree() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture();
+    let repo = f.path("repo");
+    write(&repo.join("docs/a.md"), "a");
+    write(&repo.join("other/b.txt"), "b");
+    write(&repo.join(".gitignore"), "*.tmp\n");
+    let run = |engine: kiln_engine::Engine| {
+        let repo = repo.clone();
+        async move {
+            let docs = engine.host_directory(&repo).directory("docs");
+            engine
+                .container(IMAGE)
+                .with_mounted_cache("/count", &CacheVolume::new("c"))
+                .with_directory("/docs", &docs)
+                .with_exec(sh(&format!("{}; ls /docs | tr '\\n' ' '", bump("docs"))))
+                .stdout()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(run(f.reopen()).await, "a.md ");
+    write(&repo.join("other/b.txt"), "changed elsewhere");
+    write(&repo.join("docs/scratch.tmp"), "ignored by the root .gitignore");
+    assert_eq!(run(f.reopen()).await, "a.md ");
+    assert_eq!(f.counter("c", "docs"), 1, "a change outside docs/ re-ran the step");
+    write(&repo.join("docs/c.md"), "c");
+    assert_eq!(run(f.reopen()).await, "a.md c.md ");
+    assert_eq!(f.counter("c", "docs"), 2);
+}
