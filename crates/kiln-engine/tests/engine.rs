@@ -518,9 +518,16 @@ async fn subdirectory_of_a_host_tree_is_keyed_by_that_subtree() {
     };
     assert_eq!(run(f.reopen()).await, "a.md ");
     write(&repo.join("other/b.txt"), "changed elsewhere");
-    write(&repo.join("docs/scratch.tmp"), "ignored by the root .gitignore");
+    write(
+        &repo.join("docs/scratch.tmp"),
+        "ignored by the root .gitignore",
+    );
     assert_eq!(run(f.reopen()).await, "a.md ");
-    assert_eq!(f.counter("c", "docs"), 1, "a change outside docs/ re-ran the step");
+    assert_eq!(
+        f.counter("c", "docs"),
+        1,
+        "a change outside docs/ re-ran the step"
+    );
     write(&repo.join("docs/c.md"), "c");
     assert_eq!(run(f.reopen()).await, "a.md c.md ");
     assert_eq!(f.counter("c", "docs"), 2);
