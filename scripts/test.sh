@@ -11,6 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Doc examples first, so the run closes on the main suite's summary.
 cargo test --workspace --doc --quiet
+# The benchmark harness in its quick mode: correctness only (same md5 as the
+# host, cache hit on the second run, one re-run after a one-file change).
+# Timing is judged by `bench/compare w1` outside CI.
+cargo build --quiet -p kiln --bins
+python3 bench/compare w1 --quick --kiln target/debug/kiln --work "$(mktemp -d)/w1"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -60,12 +60,17 @@ pub(crate) struct Inner {
     /// In-process results by key, so a value used twice is solved once.
     pub memo: Mutex<HashMap<Key, SolveFuture>>,
     pub images: Mutex<HashMap<String, Arc<kiln_oci::Image>>>,
-    pub host_trees: Mutex<HashMap<(PathBuf, Filter), Arc<kiln_fs::HostTree>>>,
+    /// Snapshots of host directories, one per (path, filter) for the
+    /// engine's life; a cell is filled once, by whoever asks first (a
+    /// prefetch or the solver), and others wait for it.
+    pub host_trees: Mutex<HashMap<(PathBuf, Filter), HostSnapshot>>,
     pub secrets: Mutex<HashMap<SecretNode, Arc<Vec<u8>>>>,
     pub redactor: RwLock<Redactor>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     next_step: AtomicU64,
 }
+
+pub(crate) type HostSnapshot = Arc<OnceLock<Result<Arc<kiln_fs::HostTree>>>>;
 
 static GLOBAL: OnceLock<Result<Engine>> = OnceLock::new();
 
@@ -117,6 +122,32 @@ impl Engine {
         &self.inner.store
     }
 
+    /// Forgets the snapshots of host directories taken so far, so the next
+    /// solve reads them again. An engine reads each host directory once
+    /// (one consistent view per run); a long-lived engine calls this
+    /// between runs.
+    pub fn refresh_host_directories(&self) {
+        lock(&self.inner.host_trees).clear();
+    }
+
+    /// Starts reading a host directory (all files, no filter) in the
+    /// background, so that a pipeline that uses it finds it hashed. Front
+    /// ends call this for directory arguments before the pipeline is even
+    /// loaded; the work is shared with, never repeated by, the solver.
+    pub fn prefetch_host_directory(&self, path: impl AsRef<Path>) {
+        let path = path.as_ref();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-prefetch".into())
+            .spawn(move || {
+                let _ = inner.host_snapshot(&path, &Filter::default());
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no prefetch thread; the directory is read when needed");
+        }
+    }
+
     /// Progress events from now on. Dropping the receiver unsubscribes.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -157,6 +188,30 @@ impl Engine {
 }
 
 impl Inner {
+    /// The engine's snapshot of a host directory, taking it if this is the
+    /// first request: hashed with the store's metadata index, so unchanged
+    /// files cost a `stat`, not a read.
+    pub fn host_snapshot(&self, path: &Path, filter: &Filter) -> Result<Arc<kiln_fs::HostTree>> {
+        let cell = lock(&self.host_trees)
+            .entry((path.to_owned(), filter.clone()))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| {
+            let fs_filter = kiln_fs::Filter {
+                include: filter.include.clone(),
+                exclude: filter.exclude.clone(),
+            };
+            let index_path = self.store.index_path(path);
+            let mut index = kiln_fs::MetadataIndex::load(&index_path);
+            let tree = kiln_fs::hash_host_dir_indexed(path, &fs_filter, Some(&mut index))?;
+            if let Err(e) = index.save(&index_path) {
+                tracing::debug!(error = %e, "could not save the metadata index (only speed is lost)");
+            }
+            Ok(Arc::new(tree))
+        })
+        .clone()
+    }
+
     pub fn emit(&self, event: Event) {
         lock(&self.subscribers).retain(|tx| tx.send(event.clone()).is_ok());
     }

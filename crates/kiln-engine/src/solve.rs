@@ -80,14 +80,9 @@ impl LeafKeys for Leaves {
     }
 
     fn host_directory(&mut self, path: &Path, filter: &kiln_graph::Filter) -> Result<Key> {
-        let fs_filter = kiln_fs::Filter {
-            include: filter.include.clone(),
-            exclude: filter.exclude.clone(),
-        };
-        let tree = kiln_fs::hash_host_dir(path, &fs_filter)?;
-        let key = Key(tree.digest);
-        lock(&self.inner.host_trees).insert((path.to_owned(), filter.clone()), Arc::new(tree));
-        Ok(key)
+        // One snapshot per engine: every use of this directory in a run sees
+        // the same files, and later terminal operations do not re-read them.
+        Ok(Key(self.inner.host_snapshot(path, filter)?.digest))
     }
 
     fn secret(&mut self, secret: &SecretNode) -> Result<Key> {
@@ -131,6 +126,7 @@ pub(crate) enum Target {
 /// thread), then walks it.
 pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsState>> {
     let keys = Keys::new(inner.clone());
+    let started = Instant::now();
     let keyed = {
         let keys = keys.clone();
         let target = target.clone();
@@ -142,6 +138,10 @@ pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsSta
         .await?
     };
     keyed?;
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "keyed the graph"
+    );
     let solver = Solver { inner, keys };
     match target {
         Target::Container(c) => solver.container(c).await,
@@ -604,12 +604,8 @@ impl Solver {
         filter: &kiln_graph::Filter,
         key: Key,
     ) -> Result<FsState> {
-        let tree = lock(&self.inner.host_trees)
-            .get(&(path.to_owned(), filter.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                Error::Internal(format!("{} was not hashed before solving", path.display()))
-            })?;
+        // Keying took the snapshot; this is a lookup.
+        let tree = self.inner.host_snapshot(path, filter)?;
         let id = format!("h-{}", hex::encode(tree.digest));
         if self.inner.store.has_layer(&id) {
             self.inner.store.touch_layer(&id);
@@ -632,7 +628,11 @@ impl Solver {
             let layer_id = id.clone();
             let result = tokio::task::spawn_blocking(move || -> Result<()> {
                 let staged = inner.store.stage_dir()?;
-                kiln_fs::materialize_host_tree(&tree, staged.path())?;
+                kiln_fs::materialize_host_tree_linked(
+                    &tree,
+                    staged.path(),
+                    &inner.store.files_dir(),
+                )?;
                 inner.store.commit_layer(staged, &layer_id)?;
                 Ok(())
             })

@@ -120,6 +120,9 @@ pub fn export_file(view: &MergedView, path: &Path, dest: &Path) -> Result<(), Er
     let located = view.resolve_file(path)?;
     let src = &located.host_path;
     let (parent, name) = split_dest(dest)?;
+    if already_exported(src, &located.metadata, dest) {
+        return Ok(());
+    }
     let mut from = open_nofollow(src).map_err(io_at(src))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(name))
@@ -141,6 +144,22 @@ pub fn export_file(view: &MergedView, path: &Path, dest: &Path) -> Result<(), Er
     write(&mut tmp).map_err(io_at(dest))?;
     tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     fsync_dir(&parent)
+}
+
+/// Whether `dest` is already a regular file with the bytes, mode and mtime
+/// an export would give it; re-running a cached pipeline then writes nothing.
+fn already_exported(src: &Path, meta: &fs::Metadata, dest: &Path) -> bool {
+    // Comparing costs a read of both; past this size, writing is as cheap.
+    const MAX_COMPARED: u64 = 16 << 20;
+    let Ok(existing) = fs::symlink_metadata(dest) else {
+        return false;
+    };
+    let same_shape = existing.is_file()
+        && existing.len() == meta.len()
+        && meta.len() <= MAX_COMPARED
+        && existing.permissions().mode() & 0o7777 == meta.permissions().mode() & 0o777
+        && mtime_of(&existing) == mtime_of(meta);
+    same_shape && matches!((fs::read(src), fs::read(dest)), (Ok(a), Ok(b)) if a == b)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use ignore::WalkBuilder;
 
 use crate::digest::{path_key, tree_digest, EntryKind, TreeEntry};
 use crate::error::{io_at, Error};
+use crate::index::{now_ns, MetadataIndex, Stamp};
 use crate::util::{
     check_rel, create_work_dir, hash_copy, is_dir_empty, is_executable, open_beneath, parallel_try,
     running_as_root,
@@ -98,6 +99,16 @@ enum Found {
 /// submodule); hidden files are included unless ignored. Special files are
 /// skipped with a warning.
 pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
+    hash_host_dir_indexed(root, filter, None)
+}
+
+/// [`hash_host_dir`], reusing the content hashes of files whose metadata
+/// the index says is unchanged, and recording the ones it had to read.
+pub fn hash_host_dir_indexed(
+    root: &Path,
+    filter: &Filter,
+    mut index: Option<&mut MetadataIndex>,
+) -> Result<HostTree, Error> {
     let root = fs::canonicalize(root).map_err(io_at(root))?;
     if !fs::metadata(&root).map_err(io_at(&root))?.is_dir() {
         return Err(Error::NotADirectory { path: root });
@@ -118,7 +129,8 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
         .follow_links(false)
         .add_custom_ignore_filename(KILNIGNORE);
     {
-        let root = root.clone();
+        let root_len = root.as_os_str().len();
+        let has_excludes = !filter.exclude.is_empty();
         builder.filter_entry(move |e| {
             if e.depth() == 0 {
                 return true;
@@ -126,13 +138,17 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
             if e.file_name() == ".git" {
                 return false;
             }
+            if !has_excludes {
+                return true;
+            }
             let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-            match e.path().strip_prefix(&root) {
-                Ok(rel) => !exclude.matched(rel, is_dir).is_ignore(),
-                Err(_) => true,
+            match relative_to_root(e.path(), root_len) {
+                Some(rel) => !exclude.matched(rel, is_dir).is_ignore(),
+                None => true,
             }
         });
     }
+    let root_len = root.as_os_str().len();
 
     let mut found: Vec<(PathBuf, Found)> = Vec::new();
     for item in builder.build() {
@@ -150,9 +166,9 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
         let Some(ft) = entry.file_type() else {
             continue;
         };
-        let rel = match entry.path().strip_prefix(&root) {
-            Ok(rel) => rel.to_path_buf(),
-            Err(_) => {
+        let rel = match relative_to_root(entry.path(), root_len) {
+            Some(rel) => rel.to_path_buf(),
+            None => {
                 return Err(Error::Walk {
                     path: entry.path().to_path_buf(),
                     message: "walk left the root directory".into(),
@@ -162,6 +178,7 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
         let kind = if ft.is_dir() {
             Found::Dir
         } else if ft.is_file() {
+            // Stat later, in parallel and relative to the root's descriptor.
             Found::File
         } else if ft.is_symlink() {
             let target = fs::read_link(entry.path()).map_err(io_at(entry.path()))?;
@@ -195,19 +212,69 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
     found.sort_by_cached_key(|(rel, _)| path_key(rel));
 
     let root_fd = File::open(&root).map_err(io_at(&root))?;
-    let entries = parallel_try(&found, |(rel, kind)| {
-        let kind = match kind {
-            Found::Dir => EntryKind::Dir,
-            Found::Symlink(target) => EntryKind::Symlink {
-                target: target.clone(),
+    // Taken before any file is read: a file modified while we read it has a
+    // later mtime, so its entry counts as racy and is read again next time.
+    let started = now_ns();
+    let known = index.as_deref();
+    let hashed = parallel_try(&found, |(rel, kind)| {
+        let (kind, fresh) = match kind {
+            Found::Dir => (EntryKind::Dir, None),
+            Found::Symlink(target) => (
+                EntryKind::Symlink {
+                    target: target.clone(),
+                },
+                None,
+            ),
+            Found::File => match known.and_then(|i| {
+                let st = rustix::fs::statat(&root_fd, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()?;
+                let stamp = Stamp::of_stat(&st);
+                i.lookup(rel, stamp).map(|content| (stamp, content))
+            }) {
+                Some((stamp, content)) => (
+                    EntryKind::File {
+                        executable: stamp.is_executable(),
+                        size: stamp.size(),
+                        content,
+                    },
+                    None,
+                ),
+                None => {
+                    let (kind, stamp) = hash_file_beneath(&root_fd, &root, rel)?;
+                    let fresh = match &kind {
+                        EntryKind::File { content, .. } => Some((stamp, *content)),
+                        _ => None,
+                    };
+                    (kind, fresh)
+                }
             },
-            Found::File => hash_file_beneath(&root_fd, &root, rel)?,
         };
-        Ok(TreeEntry {
-            path: rel.clone(),
-            kind,
-        })
+        Ok((
+            TreeEntry {
+                path: rel.clone(),
+                kind,
+            },
+            fresh,
+        ))
     })?;
+    let mut entries = Vec::with_capacity(hashed.len());
+    for (entry, fresh) in hashed {
+        if let (Some(index), Some((stamp, content))) = (index.as_deref_mut(), fresh) {
+            index.record(entry.path.clone(), stamp, started, content);
+        }
+        entries.push(entry);
+    }
+    if let Some(index) = index {
+        // Another filter over the same root may still want the others.
+        if filter.include.is_empty() && filter.exclude.is_empty() {
+            use std::os::unix::ffi::OsStrExt;
+            let present: HashSet<&[u8]> = entries
+                .iter()
+                .map(|e| e.path.as_os_str().as_bytes())
+                .collect();
+            index.retain_paths(&present);
+        }
+    }
     let digest = tree_digest(&entries);
     Ok(HostTree {
         root,
@@ -216,7 +283,7 @@ pub fn hash_host_dir(root: &Path, filter: &Filter) -> Result<HostTree, Error> {
     })
 }
 
-fn hash_file_beneath(root_fd: &File, root: &Path, rel: &Path) -> Result<EntryKind, Error> {
+fn hash_file_beneath(root_fd: &File, root: &Path, rel: &Path) -> Result<(EntryKind, Stamp), Error> {
     let path = root.join(rel);
     let mut f = open_beneath(root_fd, root, rel).map_err(|e| changed_or_io(&path, e))?;
     let meta = f.metadata().map_err(io_at(&path))?;
@@ -224,11 +291,79 @@ fn hash_file_beneath(root_fd: &File, root: &Path, rel: &Path) -> Result<EntryKin
         return Err(Error::Changed { path });
     }
     let (size, content) = hash_copy(&mut f, None).map_err(io_at(&path))?;
-    Ok(EntryKind::File {
+    let kind = EntryKind::File {
         executable: is_executable(&meta),
         size,
         content,
-    })
+    };
+    Ok((kind, Stamp::of(&meta)))
+}
+
+/// The file name of a content object: its hash, and `-x` when executable
+/// (the mode lives on the shared inode, so it is part of the identity).
+fn object_name(content: &[u8; 32], executable: bool) -> String {
+    let mut name = hex::encode(content);
+    if executable {
+        name.push_str("-x");
+    }
+    name
+}
+
+/// Copies one host file to `dst` with normalized metadata, failing with
+/// [`Error::Changed`] if its bytes or executable bit no longer match the tree.
+#[allow(clippy::too_many_arguments)]
+fn copy_normalized(
+    root_fd: &File,
+    tree: &HostTree,
+    entry: &TreeEntry,
+    src: &Path,
+    dst: &Path,
+    executable: bool,
+    size: u64,
+    content: &[u8; 32],
+    as_root: bool,
+) -> Result<(), Error> {
+    let mut from =
+        open_beneath(root_fd, &tree.root, &entry.path).map_err(|e| changed_or_io(src, e))?;
+    let meta = from.metadata().map_err(io_at(src))?;
+    if !meta.is_file() || is_executable(&meta) != executable {
+        return Err(Error::Changed {
+            path: src.to_path_buf(),
+        });
+    }
+    let mut to = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dst)
+        .map_err(io_at(dst))?;
+    let (n, hash) = hash_copy(&mut from, Some(&mut to)).map_err(io_at(src))?;
+    if n != size || hash != *content {
+        return Err(Error::Changed {
+            path: src.to_path_buf(),
+        });
+    }
+    if as_root {
+        std::os::unix::fs::fchown(&to, Some(0), Some(0)).map_err(io_at(dst))?;
+    }
+    let mode = if executable { 0o755 } else { 0o644 };
+    to.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_at(dst))?;
+    filetime::set_file_handle_times(&to, Some(FileTime::zero()), Some(FileTime::zero()))
+        .map_err(io_at(dst))
+}
+
+/// `path` relative to the walk's root, which is its first `root_len` bytes:
+/// every path the walker yields starts with the root exactly, so a byte
+/// slice does what `Path::strip_prefix` does component by component, much
+/// faster on large trees.
+fn relative_to_root(path: &Path, root_len: usize) -> Option<&Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let rest = bytes.get(root_len..)?;
+    let rest = rest.strip_prefix(b"/")?;
+    Some(Path::new(std::ffi::OsStr::from_bytes(rest)))
 }
 
 /// Errors that mean "the tree no longer looks like when we listed it".
@@ -252,6 +387,28 @@ fn changed_or_io(path: &Path, e: io::Error) -> Error {
 /// [`Error::Changed`]. On error `dest` is left partially filled: the caller
 /// owns it and discards the layer being built.
 pub fn materialize_host_tree(tree: &HostTree, dest: &Path) -> Result<(), Error> {
+    materialize(tree, dest, None)
+}
+
+/// [`materialize_host_tree`] through a content-addressed file store: each
+/// file's bytes are copied into `objects` once (named by content hash and
+/// executable bit, already normalized: root-owned, 0644/0755, epoch mtime),
+/// and `dest` gets hardlinks to them. Materializing a tree that differs from
+/// an earlier one in one file copies that one file.
+///
+/// Objects are shared by every layer that holds the same content, so they
+/// must never be written through: layers are read-only lowers, and exports
+/// and mounted directories copy.
+pub fn materialize_host_tree_linked(
+    tree: &HostTree,
+    dest: &Path,
+    objects: &Path,
+) -> Result<(), Error> {
+    fs::create_dir_all(objects).map_err(io_at(objects))?;
+    materialize(tree, dest, Some(objects))
+}
+
+fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(), Error> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {
             if !is_dir_empty(dest)? {
@@ -308,33 +465,50 @@ pub fn materialize_host_tree(tree: &HostTree, dest: &Path) -> Result<(), Error> 
                 executable,
                 size,
                 content,
-            } => {
-                let mut from = open_beneath(&root_fd, &tree.root, &entry.path)
-                    .map_err(|e| changed_or_io(&src, e))?;
-                let meta = from.metadata().map_err(io_at(&src))?;
-                if !meta.is_file() || is_executable(&meta) != *executable {
-                    return Err(Error::Changed { path: src });
+            } => match objects {
+                Some(objects) => {
+                    let object = objects.join(object_name(content, *executable));
+                    match fs::hard_link(&object, &dst) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        // Too many links to one inode: this layer gets a copy.
+                        Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {}
+                        Err(e) => return Err(Error::io(&dst, e)),
+                    }
+                    // New content: write it into the layer, then name the
+                    // finished file as the object. A process killed before
+                    // the link leaves no object, never a partial one.
+                    copy_normalized(
+                        &root_fd,
+                        tree,
+                        entry,
+                        &src,
+                        &dst,
+                        *executable,
+                        *size,
+                        content,
+                        as_root,
+                    )?;
+                    match fs::hard_link(&dst, &object) {
+                        Ok(()) => Ok(()),
+                        // Another process or thread stored it first: same bytes.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                        Err(e) if e.raw_os_error() == Some(libc::EMLINK) => Ok(()),
+                        Err(e) => Err(Error::io(&object, e)),
+                    }
                 }
-                let mut to = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&dst)
-                    .map_err(io_at(&dst))?;
-                let (n, hash) = hash_copy(&mut from, Some(&mut to)).map_err(io_at(&src))?;
-                if n != *size || hash != *content {
-                    return Err(Error::Changed { path: src });
-                }
-                if as_root {
-                    std::os::unix::fs::fchown(&to, Some(0), Some(0)).map_err(io_at(&dst))?;
-                }
-                let mode = if *executable { 0o755 } else { 0o644 };
-                to.set_permissions(fs::Permissions::from_mode(mode))
-                    .map_err(io_at(&dst))?;
-                filetime::set_file_handle_times(&to, Some(FileTime::zero()), Some(FileTime::zero()))
-                    .map_err(io_at(&dst))
-            }
+                None => copy_normalized(
+                    &root_fd,
+                    tree,
+                    entry,
+                    &src,
+                    &dst,
+                    *executable,
+                    *size,
+                    content,
+                    as_root,
+                ),
+            },
             EntryKind::Symlink { target } => {
                 let now = fs::read_link(&src).map_err(|e| changed_or_io(&src, e))?;
                 if now != *target {

@@ -55,6 +55,7 @@ mod digest;
 mod error;
 mod export;
 mod host;
+mod index;
 mod layer;
 mod merged;
 mod util;
@@ -62,6 +63,10 @@ mod util;
 pub use digest::{sort_entries, tree_digest, EntryKind, TreeEntry, TREE_DIGEST_MAGIC};
 pub use error::Error;
 pub use export::{export_dir, export_file};
-pub use host::{hash_host_dir, materialize_host_tree, Filter, HostTree, KILNIGNORE};
+pub use host::{
+    hash_host_dir, hash_host_dir_indexed, materialize_host_tree, materialize_host_tree_linked,
+    Filter, HostTree, KILNIGNORE,
+};
+pub use index::MetadataIndex;
 pub use layer::{is_opaque, is_whiteout, set_opaque, write_whiteout, OPAQUE_XATTR};
 pub use merged::{Located, MergedEntry, MergedView};

@@ -338,3 +338,103 @@ fn many_files_hash_in_parallel_deterministically() {
     assert_eq!(a, b);
     assert_eq!(a.entries.len(), 307);
 }
+
+mod metadata_index {
+    use std::fs;
+
+    use kiln_fs::{hash_host_dir, hash_host_dir_indexed, Filter, MetadataIndex};
+
+    fn age(path: &std::path::Path, secs_ago: i64) {
+        let t = filetime::FileTime::from_unix_time(
+            filetime::FileTime::now().unix_seconds() - secs_ago,
+            0,
+        );
+        filetime::set_file_mtime(path, t).unwrap();
+    }
+
+    #[test]
+    fn index_gives_the_same_digest_and_sees_every_kind_of_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir_all(root.join("a")).unwrap();
+        for i in 0..50 {
+            fs::write(root.join(format!("a/f{i}")), format!("content {i}")).unwrap();
+            age(&root.join(format!("a/f{i}")), 100);
+        }
+        let index_path = dir.path().join("index");
+        let plain = hash_host_dir(&root, &Filter::default()).unwrap();
+        let mut index = MetadataIndex::load(&index_path);
+        let first = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(first.digest, plain.digest);
+        index.save(&index_path).unwrap();
+        let mut index = MetadataIndex::load(&index_path);
+        assert_eq!(index.len(), 50);
+        let again = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(again.digest, plain.digest);
+
+        // Same size, same mtime, different bytes: the ctime still moves, so
+        // the index must not serve the old hash.
+        let f = root.join("a/f7");
+        let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&f).unwrap());
+        fs::write(&f, "content X").unwrap();
+        filetime::set_file_mtime(&f, mtime).unwrap();
+        let changed = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(
+            changed.digest,
+            hash_host_dir(&root, &Filter::default()).unwrap().digest
+        );
+        assert_ne!(changed.digest, plain.digest);
+
+        // A file replaced by another inode with identical metadata is re-read.
+        let g = root.join("a/f8");
+        let meta = fs::metadata(&g).unwrap();
+        let tmp = root.join("a/.tmp");
+        fs::write(&tmp, "content Y").unwrap();
+        filetime::set_file_mtime(&tmp, filetime::FileTime::from_last_modification_time(&meta))
+            .unwrap();
+        fs::rename(&tmp, &g).unwrap();
+        let replaced = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(
+            replaced.digest,
+            hash_host_dir(&root, &Filter::default()).unwrap().digest
+        );
+    }
+
+    #[test]
+    fn racy_entries_are_read_again() {
+        // A file modified in the same instant it was hashed keeps its mtime;
+        // the index must not trust an entry that new.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir_all(&root).unwrap();
+        let f = root.join("hot");
+        fs::write(&f, "one").unwrap();
+        let mut index = MetadataIndex::new();
+        hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&f).unwrap());
+        fs::write(&f, "two").unwrap();
+        filetime::set_file_mtime(&f, mtime).unwrap();
+        let tree = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(
+            tree.digest,
+            hash_host_dir(&root, &Filter::default()).unwrap().digest
+        );
+    }
+
+    #[test]
+    fn damaged_index_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("x"), "x").unwrap();
+        let index_path = dir.path().join("index");
+        let mut index = MetadataIndex::new();
+        hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        index.save(&index_path).unwrap();
+        let mut bytes = fs::read(&index_path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        fs::write(&index_path, bytes).unwrap();
+        assert!(MetadataIndex::load(&index_path).is_empty());
+    }
+}

@@ -219,3 +219,29 @@ fn export_file_writes_atomically() {
     );
     assert_eq!(fs::read(&dest).unwrap(), b"v2");
 }
+
+#[test]
+fn exporting_an_identical_file_again_writes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let layer = t.path().join("layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::fs::write(layer.join("out.txt"), "result").unwrap();
+    let view = kiln_fs::MergedView::new(vec![layer.clone()]);
+    let dest = t.path().join("out.txt");
+    kiln_fs::export_file(&view, std::path::Path::new("/out.txt"), &dest).unwrap();
+    let first = std::fs::metadata(&dest).unwrap().ino();
+    kiln_fs::export_file(&view, std::path::Path::new("/out.txt"), &dest).unwrap();
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().ino(),
+        first,
+        "identical: left alone"
+    );
+    std::fs::write(&dest, "edited by hand").unwrap();
+    kiln_fs::export_file(&view, std::path::Path::new("/out.txt"), &dest).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "result",
+        "different: replaced"
+    );
+}

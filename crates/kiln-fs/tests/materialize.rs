@@ -180,3 +180,51 @@ fn crafted_entries_cannot_escape_the_destination() {
     assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
     assert!(!t.path().join("x").exists());
 }
+
+#[test]
+fn linked_materialization_copies_each_content_once() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("d/a.txt"), "same").unwrap();
+    std::fs::write(root.join("d/b.txt"), "same").unwrap();
+    std::fs::write(root.join("c.txt"), "other").unwrap();
+    let objects = dir.path().join("objects");
+    let tree = kiln_fs::hash_host_dir(&root, &kiln_fs::Filter::default()).unwrap();
+    let one = dir.path().join("one");
+    kiln_fs::materialize_host_tree_linked(&tree, &one, &objects).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&objects).unwrap().count(),
+        2,
+        "two distinct contents"
+    );
+    let a = std::fs::metadata(one.join("d/a.txt")).unwrap();
+    let b = std::fs::metadata(one.join("d/b.txt")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "identical files share one object");
+    assert_eq!(a.mode() & 0o777, 0o644);
+    assert_eq!(a.mtime(), 0);
+    // The layer is the same tree as a plain copy would be.
+    assert_eq!(
+        kiln_fs::hash_host_dir(&one, &kiln_fs::Filter::default())
+            .unwrap()
+            .digest,
+        tree.digest
+    );
+
+    // A second tree that changes one file stores one new object.
+    std::fs::write(root.join("c.txt"), "changed").unwrap();
+    let tree2 = kiln_fs::hash_host_dir(&root, &kiln_fs::Filter::default()).unwrap();
+    let two = dir.path().join("two");
+    kiln_fs::materialize_host_tree_linked(&tree2, &two, &objects).unwrap();
+    assert_eq!(std::fs::read_dir(&objects).unwrap().count(), 3);
+    assert_eq!(
+        std::fs::metadata(two.join("d/a.txt")).unwrap().ino(),
+        a.ino(),
+        "unchanged content is linked, not copied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(two.join("c.txt")).unwrap(),
+        "changed"
+    );
+}

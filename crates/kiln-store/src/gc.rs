@@ -22,13 +22,19 @@ pub struct KindUsage {
 pub struct Usage {
     pub blobs: KindUsage,
     pub layers: KindUsage,
+    /// Content objects behind host-directory layers.
+    pub files: KindUsage,
     pub action_cache: KindUsage,
     pub volumes: KindUsage,
 }
 
 impl Usage {
     pub fn total_bytes(&self) -> u64 {
-        self.blobs.bytes + self.layers.bytes + self.action_cache.bytes + self.volumes.bytes
+        self.blobs.bytes
+            + self.layers.bytes
+            + self.files.bytes
+            + self.action_cache.bytes
+            + self.volumes.bytes
     }
 }
 
@@ -52,6 +58,7 @@ pub struct PruneReport {
 enum Kind {
     Blob,
     Layer,
+    File,
     ActionCache,
     Volume,
 }
@@ -98,8 +105,10 @@ impl Store {
                 .flat_map(|tag| tag.blobs.into_iter().chain([tag.manifest]))
                 .collect()
         };
+        // Layers first, so content objects they held become unreferenced
+        // and go in the same prune.
         let mut entries = self.entries(&pinned)?;
-        entries.sort_by_key(|e| e.last_used);
+        entries.sort_by_key(|e| (e.kind == Kind::File, e.last_used));
         let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
         let now = SystemTime::now();
         let mut report = PruneReport::default();
@@ -109,9 +118,20 @@ impl Store {
                     .is_ok_and(|idle| idle >= age)
             });
             let over_budget = options.keep_bytes.is_some_and(|keep| total > keep);
+            // A content object no layer links to any more is garbage
+            // whatever its age; one still linked goes only with its layers.
             let eligible = options.all
-                || (!entry.pinned && entry.kind != Kind::Volume && (expired || over_budget));
+                || match entry.kind {
+                    // Decided below, at removal time: layers earlier in
+                    // this pass may just have released it.
+                    Kind::File => true,
+                    Kind::Volume => false,
+                    _ => !entry.pinned && (expired || over_budget),
+                };
             if !eligible {
+                continue;
+            }
+            if entry.kind == Kind::File && !options.all && !is_unreferenced(&entry.path) {
                 continue;
             }
             remove_tree(&entry.path);
@@ -136,6 +156,8 @@ impl Store {
             (Kind::ActionCache, "ac"),
             (Kind::Blob, "blobs/sha256"),
             (Kind::Layer, "layers"),
+            (Kind::File, "files"),
+            (Kind::ActionCache, "index"),
             (Kind::Volume, "volumes"),
         ] {
             let dir = self.root.join(dir);
@@ -168,10 +190,15 @@ impl Store {
     }
 }
 
+fn is_unreferenced(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.nlink() <= 1)
+}
+
 fn usage_slot(usage: &mut Usage, kind: Kind) -> &mut KindUsage {
     match kind {
         Kind::Blob => &mut usage.blobs,
         Kind::Layer => &mut usage.layers,
+        Kind::File => &mut usage.files,
         Kind::ActionCache => &mut usage.action_cache,
         Kind::Volume => &mut usage.volumes,
     }

@@ -6,6 +6,8 @@
 //!   salt               32 random bytes (0600) keying secret hashes; never leaves the store
 //!   blobs/sha256/HEX   immutable blobs (image layers, manifests, configs, step output)
 //!   layers/ID/         immutable unpacked layer directories, in overlayfs format
+//!   files/HASH[-x]     content objects that host-directory layers hardlink to
+//!   index/ROOT         metadata indexes of host directories (speed only, never trusted for keys alone)
 //!   ac/KEY             action cache: cache key -> result record, checksummed
 //!   images/NAME.json   image tags: name -> manifest digest (+ the blobs it pins)
 //!   volumes/NAME/      cache volumes (mutable by design, never part of a key)
@@ -83,6 +85,8 @@ impl Store {
         for dir in [
             "blobs/sha256",
             "layers",
+            "files",
+            "index",
             "ac",
             "images",
             "volumes",
@@ -114,6 +118,18 @@ impl Store {
     /// computed in one store reveals nothing usable in another.
     pub fn secret_salt(&self) -> &[u8; 32] {
         &self.salt
+    }
+
+    /// Content objects shared by host-directory layers (see kiln-fs).
+    pub fn files_dir(&self) -> PathBuf {
+        self.root.join("files")
+    }
+
+    /// Where the metadata index of host directory `host_root` is kept. The
+    /// host path only names the file; it never enters a key.
+    pub fn index_path(&self, host_root: &Path) -> PathBuf {
+        let id = blake3::hash(host_root.as_os_str().as_encoded_bytes()).to_hex();
+        self.root.join("index").join(&id[..32])
     }
 
     /// Where container bundles of running steps live.

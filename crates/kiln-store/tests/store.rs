@@ -275,3 +275,35 @@ fn image_tags_round_trip_with_odd_names() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn prune_removes_content_objects_once_no_layer_links_them() {
+    let (_dir, store) = new_store();
+    let object = store.files_dir().join("abc");
+    fs::write(&object, "shared bytes").unwrap();
+    let layer = store.stage_dir().unwrap();
+    fs::hard_link(&object, layer.path().join("f")).unwrap();
+    store.commit_layer(layer, "h-1").unwrap();
+    let orphan = store.files_dir().join("def");
+    fs::write(&orphan, "nobody links me").unwrap();
+    // An age limit nothing meets: only garbage goes.
+    store
+        .prune(&PruneOptions {
+            older_than: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(object.exists(), "still linked by a layer");
+    assert!(!orphan.exists(), "an object no layer links is garbage");
+    store
+        .prune(&PruneOptions {
+            keep_bytes: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!store.has_layer("h-1"));
+    assert!(
+        !object.exists(),
+        "its layer went, so it goes in the same prune"
+    );
+}

@@ -168,12 +168,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn open_engine(store: PathBuf, runtime: PathBuf) -> Result<Engine> {
-    Engine::open(EngineOptions {
+    let started = std::time::Instant::now();
+    let engine = Engine::open(EngineOptions {
         store: store.clone(),
         runtime,
         ..EngineOptions::default()
     })
-    .with_context(|| format!("opening the engine (store {})", store.display()))
+    .with_context(|| format!("opening the engine (store {})", store.display()))?;
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "opened the engine"
+    );
+    Ok(engine)
 }
 
 fn image(store: PathBuf, cmd: ImageCommand) -> Result<ExitCode> {
@@ -231,6 +237,7 @@ fn cache(store: PathBuf, cmd: CacheCommand) -> Result<ExitCode> {
                 for (kind, u) in [
                     ("action cache", usage.action_cache),
                     ("layers", usage.layers),
+                    ("files", usage.files),
                     ("blobs", usage.blobs),
                     ("volumes", usage.volumes),
                 ] {

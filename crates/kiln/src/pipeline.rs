@@ -174,12 +174,25 @@ async fn invoke(
     source: Option<String>,
 ) -> Result<ExitCode> {
     let root = module_root(module)?;
+    // Read likely inputs while kiln.star loads: a directory named on the
+    // command line is almost always a Directory argument, and `kiln run`
+    // passes the repository. The engine shares this work with the solve.
+    for value in flags.iter().chain(&source).filter(|v| !v.starts_with('-')) {
+        if Path::new(value).is_dir() {
+            engine.prefetch_host_directory(value);
+        }
+    }
     let handle = tokio::runtime::Handle::current();
+    let started = std::time::Instant::now();
     let prepared = {
         let engine = engine.clone();
         tokio::task::spawn_blocking(move || prepare(&root, engine, handle, &name, flags, source))
             .await?
     };
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "loaded kiln.star, parsed flags"
+    );
     let (pipeline, name, args) = match prepared {
         Ok(Prepared::Help(text)) => {
             print!("{text}");
@@ -205,17 +218,29 @@ async fn invoke(
     };
     // Progress runs during the call too: a function may solve values itself.
     let renderer = progress::spawn(&engine, mode, &name);
+    let phase = std::time::Instant::now();
     let called = tokio::task::spawn_blocking(move || pipeline.call(&name, args)).await?;
+    tracing::debug!(
+        ms = phase.elapsed().as_secs_f64() * 1e3,
+        "called the function"
+    );
+    let phase = std::time::Instant::now();
     let output = match called {
         Ok(output) => kiln_starlark::solve(output)
             .await
             .map_err(anyhow::Error::from),
         Err(e) => Err(e.into()),
     };
+    tracing::debug!(
+        ms = phase.elapsed().as_secs_f64() * 1e3,
+        "solved the result"
+    );
     renderer.finish().await;
     match output {
         Ok(output) => {
+            let phase = std::time::Instant::now();
             print_output(&output, out.output.as_deref(), out.json).await?;
+            tracing::debug!(ms = phase.elapsed().as_secs_f64() * 1e3, "wrote the result");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(&engine, &e, out.json),
