@@ -266,7 +266,13 @@ pub fn hash_host_dir_indexed(
     }
     if let Some(index) = index {
         // Another filter over the same root may still want the others.
-        if filter.include.is_empty() && filter.exclude.is_empty() {
+        // Only an index holding more entries than the tree has files can
+        // hold stale ones; the common unchanged case skips the sweep.
+        let files = entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .count();
+        if filter.include.is_empty() && filter.exclude.is_empty() && index.len() > files {
             use std::os::unix::ffi::OsStrExt;
             let present: HashSet<&[u8]> = entries
                 .iter()

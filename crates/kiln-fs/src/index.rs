@@ -71,11 +71,42 @@ struct Entry {
     content: [u8; 32],
 }
 
+/// FxHash: the index's keys are the user's own paths, so a keyed hash's
+/// resistance to crafted collisions buys nothing, and SipHash over tens of
+/// thousands of paths is a visible share of re-keying a large tree.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::fmt::Debug for FxHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FxHasher")
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Content hashes of one host directory's files, by relative path.
 #[derive(Debug, Default)]
 pub struct MetadataIndex {
     // Keyed by the path's bytes: hashing a Path walks its components.
-    entries: HashMap<Box<[u8]>, Entry>,
+    entries: FastMap<Box<[u8]>, Entry>,
     changed: bool,
 }
 
@@ -187,7 +218,8 @@ fn decode(bytes: &[u8]) -> Option<MetadataIndex> {
     }
     let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
     let count = r.u64()?;
-    let mut entries = HashMap::with_capacity(count.min(1 << 24) as usize);
+    let mut entries =
+        FastMap::with_capacity_and_hasher(count.min(1 << 24) as usize, Default::default());
     for _ in 0..count {
         let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
         let path: Box<[u8]> = r.take(len)?.into();
