@@ -497,8 +497,12 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
                     )?;
                     match fs::hard_link(&dst, &object) {
                         Ok(()) => Ok(()),
-                        // Another process or thread stored it first: same bytes.
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                        // Another thread or process stored the same bytes
+                        // first: share its object rather than keep a copy.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            fs::remove_file(&dst).map_err(io_at(&dst))?;
+                            fs::hard_link(&object, &dst).map_err(io_at(&dst))
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EMLINK) => Ok(()),
                         Err(e) => Err(Error::io(&object, e)),
                     }
