@@ -133,3 +133,35 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Whether tests that run real containers can run here: root and a working
+/// runc. When they cannot, this prints why and returns false so the test
+/// can return early, unless `KILN_REQUIRE_PRIVILEGED` (or
+/// `KILN_REQUIRE_RUNC`) is set, as CI sets it: then it panics, because a
+/// skipped container test in CI would be a test that cannot fail.
+pub fn privileged() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let runc = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && runc {
+        return true;
+    }
+    let why = if root {
+        "runc is not installed"
+    } else {
+        "not running as root"
+    };
+    let required = ["KILN_REQUIRE_PRIVILEGED", "KILN_REQUIRE_RUNC"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some());
+    if required {
+        panic!("this test needs root and runc: {why}");
+    }
+    eprintln!("skipping: this test needs root and runc ({why})");
+    false
+}

@@ -8,24 +8,7 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "busybox:test";
 
-fn privileged() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && runc {
-        return true;
-    }
-    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
-        panic!("this test needs root and runc");
-    }
-    eprintln!("skipping: needs root and runc");
-    false
-}
+use kiln_testkit::privileged;
 
 struct Env {
     dir: tempfile::TempDir,

@@ -4,24 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn privileged() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && runc {
-        return true;
-    }
-    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
-        panic!("this test needs root and runc");
-    }
-    eprintln!("skipping: needs root and runc");
-    false
-}
+use kiln_testkit::privileged;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,31 +11,7 @@ use kiln_engine::{Engine, EngineOptions, Event};
 
 pub const IMAGE: &str = "busybox:test";
 
-pub fn privileged() -> bool {
-    let root = unsafe { libc_geteuid() } == 0;
-    let runc = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && runc {
-        return true;
-    }
-    let why = if root {
-        "runc is not installed"
-    } else {
-        "not running as root"
-    };
-    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
-        panic!("this test needs root and runc: {why}");
-    }
-    eprintln!("skipping: this test needs root and runc ({why})");
-    false
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
+pub use kiln_testkit::privileged;
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,

@@ -114,30 +114,8 @@ pub fn write(path: &Path, contents: &str) {
     std::fs::write(path, contents).expect("write");
 }
 
-pub fn privileged() -> bool {
-    let root = unsafe { geteuid() } == 0;
-    let runc = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && runc {
-        return true;
-    }
-    let why = if root {
-        "runc is not installed"
-    } else {
-        "not running as root"
-    };
-    if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
-        panic!("this test needs root and runc: {why}");
-    }
-    eprintln!("skipping: this test needs root and runc ({why})");
-    false
-}
-
-extern "C" {
-    fn geteuid() -> u32;
-}
+#[allow(unused_imports)] // not every test file runs containers
+pub use kiln_testkit::privileged;
 
 /// Unwraps a result, printing the error's full message on failure.
 pub fn ok<T>(result: Result<T, Error>) -> T {
