@@ -118,7 +118,7 @@ pub async fn call(engine: Engine, mut args: CallArgs) -> Result<ExitCode> {
         use clap::CommandFactory;
         let mut cli = crate::cli::Cli::command();
         if let Some(call) = cli.find_subcommand_mut("call") {
-            call.print_long_help()?;
+            call.clone().bin_name("kiln call").print_long_help()?;
         }
         return Ok(if args.help {
             ExitCode::SUCCESS

@@ -126,6 +126,19 @@ fn help_explains_the_commands() {
         help.contains("--keep-bytes") && help.contains("--older-than") && help.contains("--all"),
         "{help}"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["call", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && help.contains("Usage: kiln call"),
+        "{help}"
+    );
+    assert!(
+        help.contains("--progress") && help.contains("--module"),
+        "{help}"
+    );
 }
 
 #[test]
