@@ -1,5 +1,6 @@
 //! The canonical tree encoding shared by host directories and merged views.
 
+use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -36,9 +37,19 @@ pub struct TreeEntry {
 }
 
 /// The bytes entries are ordered and encoded by: the path's normal components
-/// joined with `/`, so `a//b` and `a/./b` encode like `a/b`.
-pub(crate) fn path_key(path: &Path) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.as_os_str().len());
+/// joined with `/`, so `a//b` and `a/./b` encode like `a/b`. Borrowed when the
+/// path is already in that form, as every path a walk produces is: large
+/// trees are keyed without an allocation per entry.
+pub(crate) fn path_key(path: &Path) -> Cow<'_, [u8]> {
+    let bytes = path.as_os_str().as_bytes();
+    let normal = !bytes.is_empty()
+        && bytes
+            .split(|&b| b == b'/')
+            .all(|seg| !seg.is_empty() && seg != b"." && seg != b"..");
+    if normal {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
     for c in path.components() {
         if let Component::Normal(name) = c {
             if !out.is_empty() {
@@ -47,13 +58,13 @@ pub(crate) fn path_key(path: &Path) -> Vec<u8> {
             out.extend_from_slice(name.as_bytes());
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Sorts entries by path bytes, the order [`tree_digest`] and
 /// [`crate::HostTree::entries`] use.
 pub fn sort_entries(entries: &mut [TreeEntry]) {
-    entries.sort_by_cached_key(|e| path_key(&e.path));
+    entries.sort_by(|a, b| path_key(&a.path).cmp(&path_key(&b.path)));
 }
 
 fn put_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
@@ -65,9 +76,12 @@ fn put_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
 ///
 /// The entries need not be sorted; they are encoded in path-byte order.
 pub fn tree_digest(entries: &[TreeEntry]) -> [u8; 32] {
-    let mut keyed: Vec<(Vec<u8>, &TreeEntry)> =
+    let mut keyed: Vec<(Cow<'_, [u8]>, &TreeEntry)> =
         entries.iter().map(|e| (path_key(&e.path), e)).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    // Callers usually pass sorted entries; checking is cheaper than sorting.
+    if !keyed.is_sorted_by(|a, b| a.0 <= b.0) {
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    }
 
     let mut h = blake3::Hasher::new();
     h.update(TREE_DIGEST_MAGIC);
@@ -120,8 +134,11 @@ mod tests {
 
     #[test]
     fn path_spelling_is_normalised() {
-        assert_eq!(path_key(Path::new("a//b/./c")), b"a/b/c");
-        assert_eq!(path_key(Path::new("./a")), b"a");
+        assert_eq!(&*path_key(Path::new("a//b/./c")), b"a/b/c");
+        assert_eq!(&*path_key(Path::new("./a")), b"a");
+        assert_eq!(&*path_key(Path::new("a/b")), b"a/b");
+        assert!(matches!(path_key(Path::new("a/b")), Cow::Borrowed(_)));
+        assert_eq!(&*path_key(Path::new("/a/../b")), b"a/b");
     }
 
     #[test]

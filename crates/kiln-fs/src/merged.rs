@@ -316,7 +316,7 @@ impl MergedView {
                 out.push((child_rel, node));
             }
         }
-        out.sort_by_cached_key(|(rel, _)| path_key(rel));
+        out.sort_by(|a, b| path_key(&a.0).cmp(&path_key(&b.0)));
         Ok(out)
     }
 
