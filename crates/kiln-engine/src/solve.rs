@@ -161,15 +161,19 @@ impl Solver {
     /// the same value share one computation.
     fn memoized(
         &self,
-        key: Key,
-        compute: impl FnOnce() -> BoxFuture<'static, Result<Arc<FsState>>>,
+        key: Result<Key>,
+        compute: impl FnOnce(Key) -> BoxFuture<'static, Result<Arc<FsState>>>,
     ) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
         let fut = {
             let mut memo = lock(&self.inner.memo);
             match memo.get(&key) {
                 Some(existing) => existing.clone(),
                 None => {
-                    let shared = compute().shared();
+                    let shared = compute(key).shared();
                     memo.insert(key, shared.clone());
                     shared
                 }
@@ -189,12 +193,8 @@ impl Solver {
     }
 
     fn container(&self, c: Container) -> BoxFuture<'static, Result<Arc<FsState>>> {
-        let key = match self.keys.container(&c) {
-            Ok(k) => k,
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        };
         let this = self.clone();
-        self.memoized(key, move || {
+        self.memoized(self.keys.container(&c), move |key| {
             async move { this.container_uncached(c, key).await.map(Arc::new) }.boxed()
         })
     }
@@ -258,12 +258,8 @@ impl Solver {
     }
 
     fn directory(&self, d: Directory) -> BoxFuture<'static, Result<Arc<FsState>>> {
-        let key = match self.keys.directory(&d) {
-            Ok(k) => k,
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        };
         let this = self.clone();
-        self.memoized(key, move || {
+        self.memoized(self.keys.directory(&d), move |key| {
             async move { this.directory_uncached(d, key).await.map(Arc::new) }.boxed()
         })
     }
@@ -275,12 +271,12 @@ impl Solver {
             DirectoryOp::FromContainer { container, path } => {
                 let path = self.config(container)?.absolute(path);
                 let base = self.container(container.clone()).await?;
-                self.subpath(&base, &path, "directory").await
+                self.subpath(&base, &path, Expected::Directory).await
             }
             DirectoryOp::Subdirectory { parent, path } => {
                 let base = self.directory(parent.clone()).await?;
                 let path = join_under(&base.path, path);
-                self.subpath(&base, &path, "directory").await
+                self.subpath(&base, &path, Expected::Directory).await
             }
             DirectoryOp::WithDirectory { parent, path, dir } => {
                 let base = Base::Directory(parent.clone());
@@ -377,23 +373,19 @@ impl Solver {
     }
 
     fn file(&self, f: File) -> BoxFuture<'static, Result<Arc<FsState>>> {
-        let key = match self.keys.file(&f) {
-            Ok(k) => k,
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        };
         let this = self.clone();
-        self.memoized(key, move || {
+        self.memoized(self.keys.file(&f), move |_| {
             async move {
                 let state = match &f.op {
                     FileOp::FromContainer { container, path } => {
                         let path = this.config(container)?.absolute(path);
                         let base = this.container(container.clone()).await?;
-                        this.subpath(&base, &path, "file").await?
+                        this.subpath(&base, &path, Expected::File).await?
                     }
                     FileOp::FromDirectory { dir, path } => {
                         let base = this.directory(dir.clone()).await?;
                         let path = join_under(&base.path, path);
-                        this.subpath(&base, &path, "file").await?
+                        this.subpath(&base, &path, Expected::File).await?
                     }
                 };
                 Ok(Arc::new(state))
@@ -404,7 +396,7 @@ impl Solver {
 
     /// A directory or file inside a solved state; checked to exist now so the
     /// error names the path rather than surfacing later in a copy.
-    async fn subpath(&self, base: &FsState, path: &str, what: &'static str) -> Result<FsState> {
+    async fn subpath(&self, base: &FsState, path: &str, what: Expected) -> Result<FsState> {
         let state = FsState {
             layers: base.layers.clone(),
             path: path.to_owned(),
@@ -415,12 +407,14 @@ impl Solver {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
             let found = probe.view(&inner).lookup(Path::new(&probe.path))?;
-            let is_dir = |m: &std::fs::Metadata| m.is_dir();
+            let what_name = what.name();
             match found {
-                Some(loc) if what == "directory" && is_dir(&loc.metadata) => Ok(()),
-                Some(loc) if what == "file" && !is_dir(&loc.metadata) => Ok(()),
-                Some(_) => Err(Error::Invalid(format!("{path} is not a {what}"))),
-                None => Err(Error::NotFound { what, path }),
+                Some(loc) if loc.metadata.is_dir() == (what == Expected::Directory) => Ok(()),
+                Some(_) => Err(Error::Invalid(format!("{path} is not a {what_name}"))),
+                None => Err(Error::NotFound {
+                    what: what_name,
+                    path,
+                }),
             }
         })
         .await??;
@@ -1082,6 +1076,22 @@ fn parent_of(path: &str) -> String {
     match path.rfind('/') {
         Some(0) | None => "/".into(),
         Some(i) => path[..i].to_owned(),
+    }
+}
+
+/// What a path inside a solved value must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Directory,
+    File,
+}
+
+impl Expected {
+    fn name(self) -> &'static str {
+        match self {
+            Expected::Directory => "directory",
+            Expected::File => "file",
+        }
     }
 }
 

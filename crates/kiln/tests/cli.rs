@@ -2,70 +2,22 @@
 //! process killed mid-step, image and cache commands, secrets on the
 //! command line. Needs root and runc (see scripts/deps.sh).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = "busybox:test";
 
-use kiln_testkit::privileged;
+mod common;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let layout = kiln_testkit::busybox_image(env.dir.path(), kiln_testkit::Compression::Zstd);
-        let out = env.kiln(&["image", "import", layout.to_str().unwrap(), "--tag", IMAGE]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        env
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.args(args)
-            .env("KILN_STORE", self.store())
-            .env_remove("KILN_LOG");
-        cmd
-    }
-    fn kiln(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn counter(&self, name: &str) -> u32 {
-        std::fs::read_to_string(self.store().join("volumes/count").join(name))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn bump(name: &str) -> String {
-    format!("n=$(cat /count/{name} 2>/dev/null || echo 0); echo $((n+1)) > /count/{name}")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{bump, privileged, text, Env};
 
 #[test]
 fn image_ls_and_cache_commands() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Zstd);
     let (ls, _) = text(&env.kiln(&["image", "ls"]));
     assert!(
         ls.contains("busybox:test") && ls.contains("sha256:"),
@@ -146,7 +98,7 @@ fn two_processes_share_one_store() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Zstd);
     let script = format!("{}; sleep 1; echo shared result", bump("same"));
     let spawn = |script: &str| {
         env.cmd(&[
@@ -178,7 +130,7 @@ fn two_processes_share_one_store() {
     }
     // Both processes may have run the shared step; either way the store holds
     // one consistent result and a third process runs nothing.
-    let ran = env.counter("same");
+    let ran = env.counter("count", "same");
     assert!((1..=2).contains(&ran), "{ran}");
     let third = env.kiln(&[
         "exec",
@@ -192,7 +144,7 @@ fn two_processes_share_one_store() {
     ]);
     assert_eq!(text(&third).0, "shared result\n");
     assert!(text(&third).1.contains("CACHED"), "{:?}", text(&third));
-    assert_eq!(env.counter("same"), ran);
+    assert_eq!(env.counter("count", "same"), ran);
 }
 
 fn mounts_under(path: &Path) -> Vec<String> {
@@ -217,7 +169,7 @@ fn a_process_killed_mid_step_leaves_a_usable_store() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Zstd);
     let script = format!(
         "{}; echo started; sleep 30; echo finished > /result",
         bump("slow")
@@ -238,7 +190,7 @@ fn a_process_killed_mid_step_leaves_a_usable_store() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while env.counter("slow") == 0 {
+    while env.counter("count", "slow") == 0 {
         assert!(Instant::now() < deadline, "the step never started");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -259,7 +211,7 @@ fn a_process_killed_mid_step_leaves_a_usable_store() {
         &quick,
     ]);
     assert!(next.status.success(), "{:?}", text(&next));
-    assert_eq!(env.counter("slow"), 2);
+    assert_eq!(env.counter("count", "slow"), 2);
     assert!(
         runc_containers(&env.store()).is_empty(),
         "a killed step's container is removed"
@@ -288,7 +240,7 @@ fn a_process_killed_mid_step_leaves_a_usable_store() {
         &quick,
     ]);
     assert!(text(&warm).1.contains("CACHED"), "{:?}", text(&warm));
-    assert_eq!(env.counter("slow"), 2);
+    assert_eq!(env.counter("count", "slow"), 2);
 }
 
 #[test]
@@ -296,7 +248,7 @@ fn secrets_from_the_command_line_never_reach_output_or_store() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Zstd);
     let secret = "hunter2-Correct-Horse";
     let out = env
         .cmd(&[

@@ -2,73 +2,17 @@
 //! including the repository's examples end to end. Needs root and runc.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use kiln_testkit::privileged;
+mod common;
+
+use common::{privileged, text, Env};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .unwrap()
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    /// A store with busybox imported under the names the examples and tests use.
-    fn new() -> Env {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let layout = kiln_testkit::busybox_image(env.dir.path(), kiln_testkit::Compression::Gzip);
-        for tag in ["busybox:latest", "busybox:test"] {
-            let out = env.kiln(&["image", "import", layout.to_str().unwrap(), "--tag", tag]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        env
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .env("KILN_STORE", self.dir.path().join("store"))
-            .env_remove("KILN_LOG")
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
-    }
-    /// Writes a kiln.star (and friends) into a fresh module directory.
-    fn module(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.path(name);
-        for (rel, text) in files {
-            let path = dir.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        dir
-    }
-    fn counter(&self, volume: &str, name: &str) -> u32 {
-        std::fs::read_to_string(self.path("store/volumes").join(volume).join(name))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn out(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -88,7 +32,7 @@ fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let blog = repo().join("examples/blog");
     let public = env.path("public");
     let run = env.kiln(&[
@@ -100,13 +44,17 @@ fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
         "--progress",
         "plain",
     ]);
-    assert!(run.status.success(), "{:?}", out(&run));
+    assert!(run.status.success(), "{:?}", text(&run));
     let index = std::fs::read_to_string(public.join("index.html")).unwrap();
     assert!(
         index.contains("<h1>The kiln blog</h1>") && index.contains("href=\"intro.html\""),
         "{index}"
     );
-    assert!(out(&run).1.contains("all links resolve"), "{:?}", out(&run));
+    assert!(
+        text(&run).1.contains("all links resolve"),
+        "{:?}",
+        text(&run)
+    );
 
     let check = env.kiln(&[
         "call",
@@ -116,7 +64,7 @@ fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
         "--source",
         blog.to_str().unwrap(),
     ]);
-    assert_eq!(out(&check).0, "all links resolve\n", "{:?}", out(&check));
+    assert_eq!(text(&check).0, "all links resolve\n", "{:?}", text(&check));
 
     // A broken link fails the run, and the error shows the failing step's output.
     let copy = env.path("blog-copy");
@@ -129,7 +77,7 @@ fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
     .unwrap();
     let broken = env.kiln(&["run", "-m", copy.to_str().unwrap(), "--progress", "plain"]);
     assert!(!broken.status.success());
-    let (_, err) = out(&broken);
+    let (_, err) = text(&broken);
     assert!(
         err.contains("intro.html: broken link to gone.html"),
         "{err}"
@@ -139,15 +87,15 @@ fn blog_example_runs_end_to_end_and_fails_on_broken_links_and_drift() {
     // Drift between vendored packages and the lockfile fails the install.
     std::fs::write(copy.join("docs/intro.md"), "# Introduction\n").unwrap();
     let script = copy.join("vendor/build.sh");
-    let mut text = std::fs::read_to_string(&script).unwrap();
-    text.push_str("# tampered\n");
-    std::fs::write(&script, text).unwrap();
+    let mut tampered = std::fs::read_to_string(&script).unwrap();
+    tampered.push_str("# tampered\n");
+    std::fs::write(&script, tampered).unwrap();
     let drift = env.kiln(&["run", "-m", copy.to_str().unwrap(), "--progress", "plain"]);
     assert!(!drift.status.success());
     assert!(
-        out(&drift).1.contains("FAILED"),
+        text(&drift).1.contains("FAILED"),
         "sha256sum names the drifted file: {:?}",
-        out(&drift)
+        text(&drift)
     );
 }
 
@@ -156,7 +104,7 @@ fn parallel_tests_example_exports_its_artifact() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let example = repo().join("examples/parallel-tests");
     let artifact = env.path("dist/calc");
     let run = env.kiln(&[
@@ -168,8 +116,8 @@ fn parallel_tests_example_exports_its_artifact() {
         "--progress",
         "plain",
     ]);
-    assert!(run.status.success(), "{:?}", out(&run));
-    let (_, err) = out(&run);
+    assert!(run.status.success(), "{:?}", text(&run));
+    let (_, err) = text(&run);
     assert!(
         err.contains("ok   mul 4 5") && err.contains("ok   calc mul"),
         "{err}"
@@ -187,13 +135,13 @@ fn functions_lists_documented_functions() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let listed = env.kiln(&[
         "functions",
         "-m",
         repo().join("examples/blog").to_str().unwrap(),
     ]);
-    let (stdout, stderr) = out(&listed);
+    let (stdout, stderr) = text(&listed);
     assert!(listed.status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
@@ -224,7 +172,7 @@ fn functions_lists_documented_functions() {
         .current_dir(nested.join("sub/dir"))
         .output()
         .unwrap();
-    assert_eq!(out(&from_sub).0.trim(), "hello  Say hello.");
+    assert_eq!(text(&from_sub).0.trim(), "hello  Say hello.");
 }
 
 const TYPED: &str = r#"
@@ -246,7 +194,7 @@ fn typed_flags_help_and_errors() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let module = env.module(
         "typed",
         &[
@@ -259,7 +207,7 @@ fn typed_flags_help_and_errors() {
     let m = module.to_str().unwrap();
 
     let help = env.kiln(&["call", "-m", m, "typed", "--help"]);
-    let (text, _) = out(&help);
+    let (help_text, _) = text(&help);
     assert!(help.status.success());
     for needle in [
         "Exercise every parameter type.",
@@ -279,7 +227,10 @@ fn typed_flags_help_and_errors() {
         "[required]",
         "list[str]",
     ] {
-        assert!(text.contains(needle), "help lacks {needle:?}:\n{text}");
+        assert!(
+            help_text.contains(needle),
+            "help lacks {needle:?}:\n{help_text}"
+        );
     }
 
     let data = module.join("data");
@@ -313,15 +264,15 @@ fn typed_flags_help_and_errors() {
         .output()
         .unwrap();
     assert_eq!(
-        out(&ok).0,
+        text(&ok).0,
         "name=demo count=5 verbose=True tags=x,y,z files=2 conf=port=80 token=***\n",
         "{:?}",
-        out(&ok)
+        text(&ok)
     );
 
     let bad_int = env.kiln(&["call", "-m", m, "typed", "--count", "many"]);
     assert!(!bad_int.status.success());
-    let (_, err) = out(&bad_int);
+    let (_, err) = text(&bad_int);
     assert!(err.contains("--count") && err.contains("int"), "{err}");
 
     let missing = env.kiln(&[
@@ -338,32 +289,30 @@ fn typed_flags_help_and_errors() {
     ]);
     assert!(!missing.status.success());
     assert!(
-        out(&missing).1.contains("--token"),
+        text(&missing).1.contains("--token"),
         "names the missing secret flag: {:?}",
-        out(&missing)
+        text(&missing)
     );
 
     let no_path = env.kiln(&["call", "-m", m, "typed", "--source", "/no/such/dir"]);
     assert!(
-        out(&no_path).1.contains("/no/such/dir"),
+        text(&no_path).1.contains("/no/such/dir"),
         "{:?}",
-        out(&no_path)
+        text(&no_path)
     );
 
     let typo = env.kiln(&["call", "-m", m, "typd"]);
     assert!(!typo.status.success());
     assert!(
-        out(&typo).1.contains("typed"),
+        text(&typo).1.contains("typed"),
         "suggests the closest function: {:?}",
-        out(&typo)
+        text(&typo)
     );
 }
 
 #[test]
 fn syntax_errors_point_at_file_line_and_column() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let env = Env::empty();
     let module = env.module(
         "bad",
         &[(
@@ -373,7 +322,7 @@ fn syntax_errors_point_at_file_line_and_column() {
     );
     let listed = env.kiln(&["functions", "-m", module.to_str().unwrap()]);
     assert!(!listed.status.success());
-    let (_, err) = out(&listed);
+    let (_, err) = text(&listed);
     assert!(err.contains("kiln.star:5:"), "{err}");
     assert!(
         err.contains("def broken(:"),
@@ -386,7 +335,7 @@ fn second_call_reuses_the_cache_and_json_mode_is_machine_readable() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let module = env.module(
         "cached",
         &[(
@@ -413,15 +362,15 @@ def count(source: Directory) -> str:
         "--progress",
         "plain",
     ];
-    assert_eq!(out(&env.kiln(&args)).0, "payload\n");
+    assert_eq!(text(&env.kiln(&args)).0, "payload\n");
     let second = env.kiln(&args);
-    assert_eq!(out(&second).0, "payload\n");
+    assert_eq!(text(&second).0, "payload\n");
     assert_eq!(
         env.counter("runs", "n"),
         1,
         "the second call ran the step again"
     );
-    assert!(out(&second).1.contains("CACHED"), "{:?}", out(&second));
+    assert!(text(&second).1.contains("CACHED"), "{:?}", text(&second));
 
     std::fs::write(src.join("input.txt"), "changed\n").unwrap();
     let json = env.kiln(&[
@@ -433,7 +382,7 @@ def count(source: Directory) -> str:
         src.to_str().unwrap(),
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = out(&json)
+    let lines: Vec<serde_json::Value> = text(&json)
         .0
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
@@ -450,7 +399,7 @@ fn a_failed_step_shows_command_exit_code_and_last_30_lines() {
     if !privileged() {
         return;
     }
-    let env = Env::new();
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let module = env.module(
         "failing",
         &[(
@@ -475,7 +424,7 @@ def no_image() -> str:
         "quiet",
     ]);
     assert_eq!(failed.status.code(), Some(1));
-    let (_, err) = out(&failed);
+    let (_, err) = text(&failed);
     assert!(err.contains("exited with code 3"), "{err}");
     assert!(
         err.contains("for i in $(seq 1 40)"),
@@ -497,8 +446,8 @@ def no_image() -> str:
     ]);
     assert!(!missing.status.success());
     assert!(
-        out(&missing).1.contains("registry.example/missing:1.0"),
+        text(&missing).1.contains("registry.example/missing:1.0"),
         "{:?}",
-        out(&missing)
+        text(&missing)
     );
 }
