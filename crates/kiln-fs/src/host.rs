@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use filetime::FileTime;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -84,8 +84,136 @@ fn ignore_error_path(err: &ignore::Error) -> Option<&Path> {
 
 enum Found {
     Dir,
-    File,
+    /// A regular file, with its metadata and content hash when the index
+    /// still vouches for them.
+    File(Option<(Stamp, [u8; 32])>),
     Symlink(PathBuf),
+}
+
+/// One path the walk yielded, relative to the root.
+struct Walked {
+    rel: PathBuf,
+    kind: Found,
+    /// Matched by the include filter itself (always true without one);
+    /// directories leading to included paths are kept later.
+    included: bool,
+}
+
+/// What the walk's threads share. Each thread stats the files it lists
+/// and asks the index about them, so listing directories and checking files
+/// overlap across cores instead of running one after the other.
+struct WalkContext<'a> {
+    root: &'a Path,
+    root_len: usize,
+    root_fd: &'a File,
+    index: Option<&'a MetadataIndex>,
+    include: Option<&'a Gitignore>,
+    found: Mutex<Vec<Walked>>,
+    /// The first error any thread met; the walk stops at it.
+    error: Mutex<Option<Error>>,
+}
+
+struct Collectors<'a> {
+    walk: &'a WalkContext<'a>,
+}
+
+impl<'a> ignore::ParallelVisitorBuilder<'a> for Collectors<'a> {
+    fn build(&mut self) -> Box<dyn ignore::ParallelVisitor + 'a> {
+        Box::new(Collector {
+            walk: self.walk,
+            found: Vec::new(),
+        })
+    }
+}
+
+/// One walk thread's findings, handed over when the thread is done.
+struct Collector<'a> {
+    walk: &'a WalkContext<'a>,
+    found: Vec<Walked>,
+}
+
+impl Drop for Collector<'_> {
+    fn drop(&mut self) {
+        let mut all = self
+            .walk
+            .found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.append(&mut self.found);
+    }
+}
+
+impl ignore::ParallelVisitor for Collector<'_> {
+    fn visit(&mut self, item: Result<ignore::DirEntry, ignore::Error>) -> ignore::WalkState {
+        match self.take(item) {
+            Ok(()) => ignore::WalkState::Continue,
+            Err(err) => {
+                let mut first = self
+                    .walk
+                    .error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                first.get_or_insert(err);
+                ignore::WalkState::Quit
+            }
+        }
+    }
+}
+
+impl Collector<'_> {
+    fn take(&mut self, item: Result<ignore::DirEntry, ignore::Error>) -> Result<(), Error> {
+        let walk = self.walk;
+        let entry = item.map_err(|e| Error::Walk {
+            path: ignore_error_path(&e).unwrap_or(walk.root).to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(err) = entry.error() {
+            // A malformed line in an ignore file: git skips such lines too.
+            tracing::warn!(path = %entry.path().display(), "ignore file problem: {err}");
+        }
+        if entry.depth() == 0 {
+            return Ok(());
+        }
+        let Some(ft) = entry.file_type() else {
+            return Ok(());
+        };
+        let Some(rel) = relative_to_root(entry.path(), walk.root_len) else {
+            return Err(Error::Walk {
+                path: entry.path().to_path_buf(),
+                message: "walk left the root directory".into(),
+            });
+        };
+        let included = walk.include.is_none_or(|include| {
+            include
+                .matched_path_or_any_parents(rel, ft.is_dir())
+                .is_ignore()
+        });
+        let kind = if ft.is_dir() {
+            Found::Dir
+        } else if ft.is_file() {
+            // Only a file that takes part is worth a stat.
+            let known = walk.index.filter(|_| included).and_then(|index| {
+                let st =
+                    rustix::fs::statat(walk.root_fd, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .ok()?;
+                let stamp = Stamp::of_stat(&st);
+                index.lookup(rel, stamp).map(|content| (stamp, content))
+            });
+            Found::File(known)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(io_at(entry.path()))?;
+            Found::Symlink(target)
+        } else {
+            tracing::warn!(path = %entry.path().display(), "skipping special file");
+            return Ok(());
+        };
+        self.found.push(Walked {
+            rel: rel.to_path_buf(),
+            kind,
+            included,
+        });
+        Ok(())
+    }
 }
 
 /// Walk and hash a host directory.
@@ -149,66 +277,32 @@ pub fn hash_host_dir_indexed(
             }
         });
     }
-    let root_len = root.as_os_str().len();
-
+    let root_fd = File::open(&root).map_err(io_at(&root))?;
     let walk_started = std::time::Instant::now();
-    let mut found: Vec<(PathBuf, Found)> = Vec::new();
-    for item in builder.build() {
-        let entry = item.map_err(|e| Error::Walk {
-            path: ignore_error_path(&e).unwrap_or(&root).to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if let Some(err) = entry.error() {
-            // A malformed line in an ignore file: git skips such lines too.
-            tracing::warn!(path = %entry.path().display(), "ignore file problem: {err}");
-        }
-        if entry.depth() == 0 {
-            continue;
-        }
-        let Some(ft) = entry.file_type() else {
-            continue;
-        };
-        let rel = match relative_to_root(entry.path(), root_len) {
-            Some(rel) => rel.to_path_buf(),
-            None => {
-                return Err(Error::Walk {
-                    path: entry.path().to_path_buf(),
-                    message: "walk left the root directory".into(),
-                })
-            }
-        };
-        let kind = if ft.is_dir() {
-            Found::Dir
-        } else if ft.is_file() {
-            // Stat later, in parallel and relative to the root's descriptor.
-            Found::File
-        } else if ft.is_symlink() {
-            let target = fs::read_link(entry.path()).map_err(io_at(entry.path()))?;
-            Found::Symlink(target)
-        } else {
-            tracing::warn!(path = %entry.path().display(), "skipping special file");
-            continue;
-        };
-        found.push((rel, kind));
+    let walk = WalkContext {
+        root: &root,
+        root_len: root.as_os_str().len(),
+        root_fd: &root_fd,
+        index: index.as_deref(),
+        include: (!filter.include.is_empty()).then_some(&include),
+        found: Mutex::new(Vec::new()),
+        error: Mutex::new(None),
+    };
+    builder
+        .build_parallel()
+        .visit(&mut Collectors { walk: &walk });
+    let WalkContext { found, error, .. } = walk;
+    if let Some(err) = error.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(err);
     }
+    let mut found = found.into_inner().unwrap_or_else(PoisonError::into_inner);
 
     if !filter.include.is_empty() {
-        let matched: Vec<bool> = found
-            .iter()
-            .map(|(rel, kind)| {
-                include
-                    .matched_path_or_any_parents(rel, matches!(kind, Found::Dir))
-                    .is_ignore()
-            })
-            .collect();
         let mut needed: HashSet<PathBuf> = HashSet::new();
-        for ((rel, _), m) in found.iter().zip(&matched) {
-            if *m {
-                needed.extend(rel.ancestors().skip(1).map(Path::to_path_buf));
-            }
+        for walked in found.iter().filter(|w| w.included) {
+            needed.extend(walked.rel.ancestors().skip(1).map(Path::to_path_buf));
         }
-        let mut keep = matched.into_iter();
-        found.retain(|(rel, _)| keep.next().unwrap_or(false) || needed.contains(rel));
+        found.retain(|w| w.included || needed.contains(&w.rel));
     }
 
     tracing::debug!(
@@ -218,60 +312,47 @@ pub fn hash_host_dir_indexed(
     );
     // Walked paths are normal (names joined by single slashes), so their
     // bytes are their keys: no per-comparison normalization.
-    found.sort_unstable_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    found.sort_unstable_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
 
-    let root_fd = File::open(&root).map_err(io_at(&root))?;
     // Taken before any file is read: a file modified while we read it has a
     // later mtime, so its entry counts as racy and is read again next time.
     let started = now_ns();
-    let known = index.as_deref();
-    let hashed = parallel_try(&found, |(rel, kind)| {
-        let (kind, fresh) = match kind {
-            Found::Dir => (EntryKind::Dir, None),
-            Found::Symlink(target) => (
-                EntryKind::Symlink {
-                    target: target.clone(),
-                },
-                None,
-            ),
-            Found::File => match known.and_then(|i| {
-                let st = rustix::fs::statat(&root_fd, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                    .ok()?;
-                let stamp = Stamp::of_stat(&st);
-                i.lookup(rel, stamp).map(|content| (stamp, content))
-            }) {
-                Some((stamp, content)) => (
-                    EntryKind::File {
-                        executable: stamp.is_executable(),
-                        size: stamp.size(),
-                        content,
-                    },
-                    None,
-                ),
-                None => {
-                    let (kind, stamp) = hash_file_beneath(&root_fd, &root, rel)?;
-                    let fresh = match &kind {
-                        EntryKind::File { content, .. } => Some((stamp, *content)),
-                        _ => None,
-                    };
-                    (kind, fresh)
+    let unknown: Vec<&Path> = found
+        .iter()
+        .filter(|w| matches!(w.kind, Found::File(None)))
+        .map(|w| w.rel.as_path())
+        .collect();
+    let mut hashed =
+        parallel_try(&unknown, |rel| hash_file_beneath(&root_fd, &root, rel))?.into_iter();
+    drop(unknown);
+    let mut entries = Vec::with_capacity(found.len());
+    for Walked { rel, kind, .. } in found {
+        let kind = match kind {
+            Found::Dir => EntryKind::Dir,
+            Found::Symlink(target) => EntryKind::Symlink { target },
+            Found::File(Some((stamp, content))) => EntryKind::File {
+                executable: stamp.is_executable(),
+                size: stamp.size(),
+                content,
+            },
+            Found::File(None) => {
+                let Some((kind, stamp)) = hashed.next() else {
+                    unreachable!("one hash per unknown file")
+                };
+                if let (Some(index), EntryKind::File { content, .. }) =
+                    (index.as_deref_mut(), &kind)
+                {
+                    index.record(rel.clone(), stamp, started, *content);
                 }
-            },
+                kind
+            }
         };
-        Ok((
-            TreeEntry {
-                path: rel.clone(),
-                kind,
-            },
-            fresh,
-        ))
-    })?;
-    let mut entries = Vec::with_capacity(hashed.len());
-    for (entry, fresh) in hashed {
-        if let (Some(index), Some((stamp, content))) = (index.as_deref_mut(), fresh) {
-            index.record(entry.path.clone(), stamp, started, content);
-        }
-        entries.push(entry);
+        entries.push(TreeEntry { path: rel, kind });
     }
     if let Some(index) = index {
         // Another filter over the same root may still want the others.

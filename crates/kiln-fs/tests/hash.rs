@@ -401,6 +401,39 @@ mod metadata_index {
     }
 
     #[test]
+    fn a_filtered_walk_records_only_the_files_it_includes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        for sub in ["keep", "skip"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+            for i in 0..20 {
+                let f = root.join(format!("{sub}/f{i}"));
+                fs::write(&f, format!("{sub} {i}")).unwrap();
+                age(&f, 100);
+            }
+        }
+        let only_keep = Filter {
+            include: vec!["/keep/".into()],
+            exclude: vec![],
+        };
+        let plain = hash_host_dir(&root, &only_keep).unwrap();
+        let mut index = MetadataIndex::new();
+        let first = hash_host_dir_indexed(&root, &only_keep, Some(&mut index)).unwrap();
+        assert_eq!(first.digest, plain.digest);
+        assert_eq!(index.len(), 20, "only the included files are hashed");
+        let again = hash_host_dir_indexed(&root, &only_keep, Some(&mut index)).unwrap();
+        assert_eq!(again.entries, plain.entries);
+
+        // The same index then serves a walk of the whole tree.
+        let whole = hash_host_dir_indexed(&root, &Filter::default(), Some(&mut index)).unwrap();
+        assert_eq!(
+            whole.digest,
+            hash_host_dir(&root, &Filter::default()).unwrap().digest
+        );
+        assert_eq!(index.len(), 40);
+    }
+
+    #[test]
     fn racy_entries_are_read_again() {
         // A file modified in the same instant it was hashed keeps its mtime;
         // the index must not trust an entry that new.
