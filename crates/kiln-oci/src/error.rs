@@ -100,6 +100,41 @@ pub enum Error {
 
     #[error("layer is {0}-compressed, which kiln does not read; use an uncompressed, gzip or zstd layer")]
     UnsupportedCompression(&'static str),
+
+    #[error("invalid layer id {layer:?}: {why}")]
+    InvalidLayerId { layer: String, why: &'static str },
+
+    #[error("layer {layer} is not in the store at {}", store.display())]
+    LayerNotFound { layer: String, store: PathBuf },
+
+    #[error("cannot pack layer {layer}: {path:?} {why}")]
+    PackRefused {
+        layer: String,
+        path: String,
+        why: String,
+    },
+
+    #[error("packing layer {layer}: {action} {path:?}: {source}")]
+    Pack {
+        layer: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot build image: {why}")]
+    BuildImage { why: String },
+
+    #[error("cannot save image {image}: blob {blob} {problem}")]
+    SaveBlob {
+        image: String,
+        blob: String,
+        problem: String,
+    },
+
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970 ({why}); unset it or set it to an integer like 1700000000")]
+    InvalidSourceDateEpoch { value: String, why: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

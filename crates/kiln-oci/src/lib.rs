@@ -1,5 +1,6 @@
-//! Container images for kiln: references, import from files, and safe layer
-//! unpacking into the store.
+//! Container images for kiln: references, import from files, safe layer
+//! unpacking into the store, and export: deterministic layer packing, image
+//! building and saving to OCI archives.
 //!
 //! # References
 //!
@@ -65,21 +66,80 @@
 //!
 //! [`ensure_unpacked`] unpacks a stored layer blob into a staging directory
 //! and commits it atomically as the layer named by the blob digest.
+//!
+//! # Export: packing, building and saving images
+//!
+//! The same inputs give the same digests on every run and every machine.
+//! Times come from the caller: `SOURCE_DATE_EPOCH` when set (read it with
+//! [`source_date_epoch`]), else 0; never the clock.
+//!
+//! [`pack_layer`] turns a layer directory of the store (overlayfs format)
+//! into a gzipped OCI layer blob; it is the inverse of [`unpack_layer`]:
+//!
+//! - Entries are in byte order of their archive paths, parents before
+//!   children, relative without `./`, directories with a trailing `/`. The
+//!   one exception: an opaque directory's `dir/.wh..wh..opq` comes right
+//!   after the directory, before its children.
+//! - Every mtime is the given one; no atime, ctime, user or group names, or
+//!   device numbers. Owners are the numeric ones in the layer when kiln runs
+//!   as root (container owners), else 0. Permission bits are kept, setuid,
+//!   setgid and sticky included; a symlink's mode is always 0777.
+//! - overlayfs whiteouts (character device 0:0) become empty `dir/.wh.name`
+//!   files; a directory with `trusted.overlay.opaque=y` (or
+//!   `user.overlay.opaque=y`, rootless overlayfs) gets an opaque marker.
+//!   Only `y` counts: the kernel writes `x` on a directory that merely holds
+//!   whiteouts.
+//! - Of extended attributes only `security.capability` is written (as a PAX
+//!   record), as docker does: it is what a program needs to run. `trusted.*`
+//!   (overlayfs bookkeeping, which could redirect lookups), SELinux labels
+//!   and `user.*` never leave the host.
+//! - A file, symlink or fifo whose inode was already written earlier in the
+//!   same layer becomes a hardlink to that earlier path. Links to content
+//!   objects outside the layer say nothing, so `nlink > 1` alone never makes
+//!   a hardlink entry.
+//! - Refused, with an error naming the path: device nodes other than
+//!   whiteouts (kiln never creates them) and names starting with `.wh.`,
+//!   which would read back as whiteouts. Sockets are left out with a
+//!   warning. Long names use the tar crate's GNU long-name entries.
+//! - The tar is streamed through sha256 (the diff_id) and gzip (level 6, no
+//!   file name, mtime 0, OS "unknown") into a store blob, never held in
+//!   memory. The gzip bytes are those of flate2's miniz_oxide backend; a
+//!   pinned unit test catches a change.
+//!
+//! Layers are immutable (redirect_dir and metacopy are off, so an upper
+//! directory holds whole files), so the result is recorded in the action
+//! cache under `oci-pack-v1-<layer>-<mtime>`; a record whose blob has been
+//! pruned is treated as absent.
+//!
+//! [`write_image`] writes an OCI image config and manifest over a base
+//! image in the store (its layers reused as they are) and packed layers.
+//! JSON is serialised from structs, so field order is fixed. [`save`]
+//! writes images to one tar that is an OCI archive (`index.json` naming each
+//! image by `io.containerd.image.name` and, with the tag,
+//! `org.opencontainers.image.ref.name`) and a `docker save` tarball
+//! (`manifest.json`), deterministically; blobs are verified as they are
+//! copied, and the file appears by rename only when complete.
 
+mod build;
 mod compression;
 mod error;
 mod image;
 mod import;
+mod pack;
 mod reference;
+mod save;
 mod unpack;
 
+pub use build::{write_image, BaseImage, BuiltImage, ImageSpec};
 pub use compression::Compression;
 pub use error::{Error, Result};
 pub use image::{
     ensure_unpacked, list_images, load_image, Image, ImageConfig, ImageSummary, LayerRef,
 };
 pub use import::{import, ImportedImage};
+pub use pack::{pack_layer, PackOptions, PackedLayer, LAYER_MEDIA_TYPE_GZIP};
 pub use reference::{Reference, DEFAULT_DOMAIN};
+pub use save::save;
 pub use unpack::{unpack_layer, UnpackStats, MAX_PATH_LEN, OPAQUE_XATTR};
 
 /// The host platform in OCI terms: `("linux", "amd64")` on x86-64 Linux.
@@ -96,4 +156,48 @@ pub fn host_platform() -> (&'static str, &'static str) {
         other => other,
     };
     (std::env::consts::OS, arch)
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org) as seconds, or `None` when
+/// it is unset or empty: the time to give [`PackOptions::mtime`] and
+/// [`ImageSpec::created`] (callers use 0 when there is none).
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy().into_owned();
+    parse_source_date_epoch(&value)
+}
+
+fn parse_source_date_epoch(value: &str) -> Result<Option<u64>> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    trimmed
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|e| Error::InvalidSourceDateEpoch {
+            value: value.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_date_epoch_values() {
+        assert_eq!(parse_source_date_epoch("").unwrap(), None);
+        assert_eq!(
+            parse_source_date_epoch("1700000000").unwrap(),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_source_date_epoch(" 0\n").unwrap(), Some(0));
+        for bad in ["-1", "yesterday", "1.5"] {
+            let err = parse_source_date_epoch(bad).unwrap_err();
+            assert!(err.to_string().contains("SOURCE_DATE_EPOCH"), "{err}");
+        }
+    }
 }
