@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs what kiln needs from Debian when it is missing: runc (the OCI
-# runtime) and busybox-static (the base of the test and example images).
+# runtime), busybox-static (the base of the test and example images), and
+# for the registry tests docker-registry (CNCF distribution), skopeo and
+# apache2-utils (htpasswd).
 set -euo pipefail
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   if [ "$(id -u)" -ne 0 ]; then

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 # Fail instead of skipping when a privileged test cannot run.
-export KILN_REQUIRE_PRIVILEGED=1 KILN_REQUIRE_RUNC=1
+export KILN_REQUIRE_PRIVILEGED=1 KILN_REQUIRE_RUNC=1 KILN_REQUIRE_REGISTRY=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Doc examples first, so the run closes on the main suite's summary.

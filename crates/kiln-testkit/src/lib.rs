@@ -11,6 +11,7 @@
 
 mod image;
 mod layer;
+mod registry;
 
 pub use image::{
     busybox_config, busybox_fixture, busybox_image, host_oci_arch, sha256_digest,
@@ -23,6 +24,7 @@ pub use layer::{
     busybox_layer, compress, decompress, layer_from_dir, typeflag, Compression, LayerBuilder,
     RawEntry, DEFAULT_MTIME,
 };
+pub use registry::{Fault, FaultAction, FaultProxy, ProxiedRequest, TestRegistry};
 
 use std::path::{Path, PathBuf};
 
