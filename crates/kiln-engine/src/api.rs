@@ -84,6 +84,7 @@ impl CacheVolume {
 impl Engine {
     /// A container from an image reference (imported into the store).
     pub fn container(&self, reference: &str) -> Container {
+        crate::engine::lock(&self.inner.image_references).insert(reference.to_owned());
         Container::with_engine(
             Ok(self.clone()),
             g::ContainerOp::From {
@@ -427,6 +428,73 @@ impl Container {
     /// A digest of the container's whole filesystem.
     pub async fn rootfs_digest(&self) -> Result<String> {
         self.directory("/").digest().await
+    }
+
+    /// Solves the container and pushes it to `reference`
+    /// (`HOST[:PORT]/NAME:TAG`) as an OCI image; returns the image's
+    /// manifest digest. Layers are packed deterministically, stamped with
+    /// `SOURCE_DATE_EPOCH` (else the Unix epoch), so the same inputs give
+    /// the same digest on every run and every machine.
+    pub async fn publish(&self, reference: &str) -> Result<String> {
+        let (engine, state) = self.solved().await?;
+        let node = self.node.clone();
+        let reference = reference.to_owned();
+        blocking(move || {
+            let target: kiln_oci::Reference = reference.parse()?;
+            let inner = &engine.inner;
+            let name = format!("publish {target}");
+            let step = inner.next_step();
+            let started = std::time::Instant::now();
+            inner.emit(crate::Event::Started {
+                step,
+                name: name.clone(),
+                key: String::new(),
+            });
+            let result = inner.build_image(&node, &state, None).and_then(|built| {
+                kiln_registry::blocking::push(
+                    &inner.store,
+                    &built.manifest,
+                    &target,
+                    &inner.image_policy.registry,
+                )
+                .map_err(Error::from)
+            });
+            inner.emit(crate::Event::Finished {
+                step,
+                name,
+                duration: started.elapsed(),
+                outcome: match &result {
+                    Ok(_) => crate::Outcome::Succeeded { exit_code: 0 },
+                    Err(e) => crate::Outcome::Failed {
+                        message: e.to_string(),
+                    },
+                },
+            });
+            result.map(|digest| digest.to_string())
+        })
+        .await
+    }
+
+    /// Solves the container and writes it to `dest` as an image tarball (an
+    /// OCI archive that `docker load` and `kiln image import` read), under
+    /// the image name `name`; also tags it in the store. Returns the
+    /// manifest digest.
+    pub async fn export_image(&self, dest: impl AsRef<Path>, name: &str) -> Result<String> {
+        let (engine, state) = self.solved().await?;
+        let node = self.node.clone();
+        let dest = dest.as_ref().to_owned();
+        let name: kiln_oci::Reference = name.parse()?;
+        blocking(move || {
+            let name = name.to_string();
+            let built = engine.inner.build_image(&node, &state, Some(&name))?;
+            kiln_oci::save(
+                &engine.inner.store,
+                &[(name, built.manifest.clone())],
+                &dest,
+            )?;
+            Ok(built.manifest.to_string())
+        })
+        .await
     }
 }
 

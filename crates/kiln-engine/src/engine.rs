@@ -1,7 +1,7 @@
 //! The engine handle: the open store, the runtime, in-process memo of solved
 //! values, registered secrets and event subscribers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -25,6 +25,12 @@ pub struct EngineOptions {
     pub runtime: PathBuf,
     /// How many steps may run at once.
     pub max_parallel_steps: usize,
+    /// How image references resolve: lock pins, registries, offline.
+    pub images: crate::ImagePolicy,
+    /// Build graphs but solve nothing: solving, and resolving an image,
+    /// fail with [`Error::PlanOnly`](crate::Error::PlanOnly). `kiln lock`
+    /// evaluates a pipeline this way to learn which images it uses.
+    pub plan_only: bool,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +47,8 @@ impl Default for EngineOptions {
                 .map(|n| n.get() * 4)
                 .unwrap_or(8)
                 .max(8),
+            images: crate::ImagePolicy::default(),
+            plan_only: false,
         }
     }
 }
@@ -60,6 +68,12 @@ pub(crate) struct Inner {
     /// In-process results by key, so a value used twice is solved once.
     pub memo: Mutex<HashMap<Key, SolveFuture>>,
     pub images: Mutex<HashMap<String, Arc<kiln_oci::Image>>>,
+    pub image_policy: crate::ImagePolicy,
+    pub plan_only: bool,
+    /// Every reference given to `container()`, as written.
+    pub image_references: Mutex<BTreeSet<String>>,
+    /// Every tag resolved (normalised) and the digest it meant.
+    pub resolved_images: Mutex<BTreeMap<String, kiln_store::Digest>>,
     /// Snapshots of host directories, one per (path, filter) for the
     /// engine's life; a cell is filled once, by whoever asks first (a
     /// prefetch or the solver), and others wait for it.
@@ -94,6 +108,10 @@ impl Engine {
                 steps: Semaphore::new(options.max_parallel_steps.max(1)),
                 memo: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
+                image_policy: options.images,
+                plan_only: options.plan_only,
+                image_references: Mutex::new(BTreeSet::new()),
+                resolved_images: Mutex::new(BTreeMap::new()),
                 host_trees: Mutex::new(HashMap::new()),
                 secrets: Mutex::new(HashMap::new()),
                 redactor: RwLock::new(Redactor::empty()),
@@ -120,6 +138,23 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Whether this engine only builds graphs (see [`EngineOptions::plan_only`]).
+    pub fn is_plan_only(&self) -> bool {
+        self.inner.plan_only
+    }
+
+    /// A stand-in secret for evaluating a pipeline without running it: it
+    /// has a name and no value, and nothing can read it (a plan-only engine
+    /// never solves). On an engine that runs things it is an error to use.
+    pub fn plan_secret(&self, name: &str) -> crate::Secret {
+        crate::Secret {
+            node: Arc::new(SecretNode {
+                name: name.to_owned(),
+                source: SecretSource::Env(format!("KILN_PLAN_PLACEHOLDER_{name}")),
+            }),
+        }
     }
 
     /// Forgets the snapshots of host directories taken so far, so the next

@@ -4,8 +4,21 @@ use std::sync::Arc;
 /// every consumer waiting on it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
-    #[error("image {reference} is not in the store at {store}; import it with `kiln image import PATH --tag {reference}`")]
+    #[error("image {reference} is not in the store at {store}; pull it with `kiln image pull {reference}` or import it with `kiln image import PATH --tag {reference}`")]
     ImageNotFound { reference: String, store: String },
+    #[error("{reference} is not pinned in kiln.lock, and --locked forbids resolving it: run `kiln lock` to pin it")]
+    NotLocked { reference: String },
+    #[error(
+        "{what} is not possible while only planning (the pipeline is being evaluated, not run)"
+    )]
+    PlanOnly { what: String },
+    #[error("{0}")]
+    Registry(Arc<kiln_registry::Error>),
+    #[error("image {reference} is not in the store, and pulling it failed: {source}\n(without a registry, bring it in with `kiln image import PATH --tag {reference}`)")]
+    Pull {
+        reference: String,
+        source: Arc<kiln_registry::Error>,
+    },
     #[error("{0}")]
     Oci(Arc<kiln_oci::Error>),
     #[error("{0}")]
@@ -75,6 +88,7 @@ from_arc!(Oci, kiln_oci::Error);
 from_arc!(Store, kiln_store::Error);
 from_arc!(Fs, kiln_fs::Error);
 from_arc!(Exec, kiln_exec::Error);
+from_arc!(Registry, kiln_registry::Error);
 
 impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Error {

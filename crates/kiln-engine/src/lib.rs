@@ -18,10 +18,14 @@ mod config;
 mod engine;
 mod error;
 mod events;
+mod images;
+pub mod lockfile;
 mod solve;
 
 pub use api::{CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result, StepFailure, TAIL_LINES};
 pub use events::{Event, Outcome, StepId, Stream};
+pub use images::ImagePolicy;
 pub use kiln_graph::{Expect, Sharing};
+pub use lockfile::{LockFile, LOCK_FILE};

@@ -125,6 +125,11 @@ pub(crate) enum Target {
 /// Solves one value: keys the graph (hashing host directories on a blocking
 /// thread), then walks it.
 pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsState>> {
+    if inner.plan_only {
+        return Err(Error::PlanOnly {
+            what: "solving".into(),
+        });
+    }
     let keys = Keys::new(inner.clone());
     let started = Instant::now();
     let keyed = {
@@ -1219,24 +1224,4 @@ pub(crate) fn read_output(inner: &Inner, state: &FsState, stream: Stream) -> Res
     };
     let bytes = inner.store.read_blob(digest)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-impl Inner {
-    pub fn load_image(&self, reference: &str) -> Result<Arc<kiln_oci::Image>> {
-        if let Some(image) = lock(&self.images).get(reference) {
-            return Ok(image.clone());
-        }
-        let image = match kiln_oci::load_image(&self.store, reference) {
-            Ok(image) => Arc::new(image),
-            Err(kiln_oci::Error::ImageNotFound { .. }) => {
-                return Err(Error::ImageNotFound {
-                    reference: reference.to_owned(),
-                    store: self.store.root().display().to_string(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        lock(&self.images).insert(reference.to_owned(), image.clone());
-        Ok(image)
-    }
 }

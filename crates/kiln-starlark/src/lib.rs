@@ -32,7 +32,8 @@
 //!   `with_mounted_cache(path, cache, sharing = "shared"|"locked")`,
 //!   `with_mounted_directory`, `with_secret_variable`,
 //!   `with_mounted_secret`, `directory(path)`, `file(path)`. Solving methods:
-//!   `stdout()`, `stderr()`, `exit_code()`, `sync()`.
+//!   `stdout()`, `stderr()`, `exit_code()`, `sync()`, `publish(ref)` (pushes
+//!   the container as an image and returns its digest).
 //! - `Directory`: `directory`, `file`, `with_directory`, `with_file`,
 //!   `with_new_file`, `without`; solving: `entries()`, `digest()`.
 //! - `File`: solving `contents()`, `digest()`.
@@ -77,6 +78,7 @@ mod error;
 mod output;
 mod params;
 mod pipeline;
+mod plan;
 mod suggest;
 mod values;
 
@@ -84,3 +86,4 @@ pub use error::Error;
 pub use output::{solve, Output};
 pub use params::{check_args, parse_arg, ArgValue, FunctionInfo, ParamInfo, ParamType};
 pub use pipeline::{find_root, Pipeline, KILN_STAR};
+pub use plan::ImagePlan;

@@ -316,6 +316,17 @@ fn container_methods(builder: &mut MethodsBuilder) {
     fn sync(this: &StarContainer, eval: &mut Evaluator) -> anyhow::Result<StarContainer> {
         solve_now(eval, "sync", this.0.sync()).map(StarContainer)
     }
+
+    /// Solves the container and pushes it as an OCI image to `reference`
+    /// (`HOST[:PORT]/NAME:TAG`); returns the image's digest. The same
+    /// inputs give the same digest on every machine.
+    fn publish(
+        this: &StarContainer,
+        #[starlark(require = pos)] reference: &str,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<String> {
+        solve_now(eval, "publish", this.0.publish(reference))
+    }
 }
 
 /// Applies include/exclude globs, which only a host directory can take: for

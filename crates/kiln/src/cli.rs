@@ -1,11 +1,12 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kiln_engine::{CacheVolume, Engine, EngineOptions, ExecOptions, Expect, Sharing};
+use kiln_engine::{CacheVolume, Engine, ExecOptions, Expect, LockFile, Sharing};
 
+use crate::images::{self, EngineSetup};
 use crate::progress::{self, ProgressMode};
 
 /// kiln: pipelines as code, run in real containers, cached by content.
@@ -35,6 +36,19 @@ pub struct Global {
         value_name = "PATH"
     )]
     pub runtime: PathBuf,
+    /// A registry to reach over plain HTTP (repeatable, or comma-separated in
+    /// KILN_INSECURE_REGISTRY). Loopback hosts always may; all others use HTTPS.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "KILN_INSECURE_REGISTRY",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Never contact a registry: every image must already be in the store.
+    #[arg(long, global = true)]
+    pub offline: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,9 +61,19 @@ pub enum Command {
     Run(crate::pipeline::RunArgs),
     /// Run one command in a container, cached by content (like a one-step pipeline).
     Exec(ExecArgs),
-    /// Import and list images.
+    /// Pin every image tag the pipeline uses to its digest, in kiln.lock.
+    ///
+    /// Evaluates kiln.star without running anything to find the images its
+    /// functions use, keeps the pins already there, resolves new tags (from
+    /// the store if it has them, else from their registry) and drops pins
+    /// the pipeline no longer uses.
+    Lock(crate::images::LockArgs),
+    /// Pull, push, save, import and list images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Log in to a registry, or out of it.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Inspect and prune the store.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -65,12 +89,52 @@ pub enum ImageCommand {
         #[arg(long, short)]
         tag: Option<String>,
     },
+    /// Pull an image from its registry into the store (the tag is asked
+    /// again, so it moves to what the registry names now).
+    Pull {
+        /// e.g. alpine:3.20, localhost:5000/app:1, alpine@sha256:...
+        reference: String,
+    },
+    /// Push an image from the store to a registry.
+    Push {
+        /// The image in the store.
+        source: String,
+        /// Where to push it [default: SOURCE's own name].
+        target: Option<String>,
+    },
+    /// Write images to one tar: an OCI archive that `docker load` and
+    /// `kiln image import` also read (for moving images without a network).
+    Save {
+        /// Images in the store.
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// The tar file to write (atomically).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
     /// List images in the store: name, digest, size.
     Ls {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Check credentials against a registry and store them (mode 0600) for
+    /// pulls and pushes. Docker's ~/.docker/config.json is read too.
+    Login {
+        /// The registry host, e.g. registry.example.com or localhost:5000.
+        host: String,
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from standard input (else KILN_REGISTRY_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the stored credentials for a registry.
+    Logout { host: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,82 +215,88 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         .store
         .clone()
         .unwrap_or_else(kiln_store::Store::default_root);
+    let registry = kiln_registry::RegistryOptions {
+        insecure: cli.global.insecure_registries.clone(),
+        ..kiln_registry::RegistryOptions::default()
+    };
+    let setup = EngineSetup {
+        store: store.clone(),
+        runtime: cli.global.runtime.clone(),
+        registry: registry.clone(),
+        offline: cli.global.offline,
+    };
     match cli.command {
-        Command::Image(cmd) => image(store, cmd),
+        Command::Image(ImageCommand::Pull { reference }) => images::pull(setup, reference).await,
+        Command::Image(ImageCommand::Push { source, target }) => {
+            images::push(setup, source, target).await
+        }
+        Command::Image(ImageCommand::Save { references, output }) => {
+            images::save(setup, references, output).await
+        }
+        Command::Image(ImageCommand::Import { path, tag }) => import_image(&store, &path, tag),
+        Command::Image(ImageCommand::Ls { json }) => list_images(&store, json),
+        Command::Registry(RegistryCommand::Login {
+            host,
+            username,
+            password_stdin,
+        }) => images::login(registry, host, username, password_stdin).await,
+        Command::Registry(RegistryCommand::Logout { host }) => images::logout(registry, host),
+        Command::Lock(args) => images::lock(setup, args).await,
         Command::Cache(cmd) => cache(store, cmd),
-        Command::Exec(args) => exec(open_engine(store, cli.global.runtime)?, args).await,
-        Command::Functions(module) => {
-            crate::pipeline::functions(open_engine(store, cli.global.runtime)?, module).await
-        }
-        Command::Call(args) => {
-            crate::pipeline::call(open_engine(store, cli.global.runtime)?, args).await
-        }
-        Command::Run(args) => {
-            crate::pipeline::run(open_engine(store, cli.global.runtime)?, args).await
-        }
+        Command::Exec(args) => exec(setup.open(LockFile::default(), false)?, args).await,
+        Command::Functions(module) => crate::pipeline::functions(setup, module).await,
+        Command::Call(args) => crate::pipeline::call(setup, args).await,
+        Command::Run(args) => crate::pipeline::run(setup, args).await,
     }
 }
 
-fn open_engine(store: PathBuf, runtime: PathBuf) -> Result<Engine> {
-    let started = std::time::Instant::now();
-    let engine = Engine::open(EngineOptions {
-        store: store.clone(),
-        runtime,
-        ..EngineOptions::default()
-    })
-    .with_context(|| format!("opening the engine (store {})", store.display()))?;
-    tracing::debug!(
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "opened the engine"
-    );
-    Ok(engine)
+fn open_store(store: &Path) -> Result<kiln_store::Store> {
+    kiln_store::Store::open(store)
+        .with_context(|| format!("opening the store at {}", store.display()))
 }
 
-fn image(store: PathBuf, cmd: ImageCommand) -> Result<ExitCode> {
-    let store = kiln_store::Store::open(&store)
-        .with_context(|| format!("opening the store at {}", store.display()))?;
-    match cmd {
-        ImageCommand::Import { path, tag } => {
-            eprintln!("importing {} ...", path.display());
-            let images = kiln_oci::import(&store, &path, tag.as_deref())
-                .with_context(|| format!("importing {}", path.display()))?;
-            for image in images {
-                println!(
-                    "{}\t{}\t{}",
-                    image.name,
-                    image.manifest_digest,
-                    bytesize::ByteSize(image.size_bytes)
-                );
-            }
+fn import_image(store: &Path, path: &Path, tag: Option<String>) -> Result<ExitCode> {
+    let store = open_store(store)?;
+    eprintln!("importing {} ...", path.display());
+    let images = kiln_oci::import(&store, path, tag.as_deref())
+        .with_context(|| format!("importing {}", path.display()))?;
+    for image in images {
+        println!(
+            "{}\t{}\t{}",
+            image.name,
+            image.manifest_digest,
+            bytesize::ByteSize(image.size_bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_images(store: &Path, json: bool) -> Result<ExitCode> {
+    let store = open_store(store)?;
+    let images = kiln_oci::list_images(&store)?;
+    if json {
+        for image in images {
+            println!(
+                "{}",
+                serde_json::json!({"name": image.name, "digest": image.manifest_digest.to_string(), "size": image.size_bytes})
+            );
         }
-        ImageCommand::Ls { json } => {
-            let images = kiln_oci::list_images(&store)?;
-            if json {
-                for image in images {
-                    println!(
-                        "{}",
-                        serde_json::json!({"name": image.name, "digest": image.manifest_digest.to_string(), "size": image.size_bytes})
-                    );
-                }
-            } else {
-                println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
-                for image in images {
-                    println!(
-                        "{:<40} {:<20} {:>10}",
-                        image.name,
-                        format!("sha256:{}", image.manifest_digest.short()),
-                        bytesize::ByteSize(image.size_bytes).to_string()
-                    );
-                }
-            }
+    } else {
+        println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
+        for image in images {
+            println!(
+                "{:<40} {:<20} {:>10}",
+                image.name,
+                format!("sha256:{}", image.manifest_digest.short()),
+                bytesize::ByteSize(image.size_bytes).to_string()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn cache(store: PathBuf, cmd: CacheCommand) -> Result<ExitCode> {
-    let store = kiln_store::Store::open(&store)
-        .with_context(|| format!("opening the store at {}", store.display()))?;
+    let store = open_store(&store)?;
     match cmd {
         CacheCommand::Du { json } => {
             let usage = store.usage()?;

@@ -2,6 +2,7 @@
 //! renders progress.
 
 mod cli;
+mod images;
 mod pipeline;
 mod progress;
 

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Arg, ArgAction, Args};
-use kiln_engine::Engine;
+use kiln_engine::{Engine, LockFile};
 use kiln_starlark::{ArgValue, FunctionInfo, Output, ParamType, Pipeline};
 
+use crate::images::EngineSetup;
 use crate::progress::{self, ProgressMode};
 
 #[derive(Args, Debug)]
@@ -18,8 +19,17 @@ pub struct ModuleArg {
 }
 
 #[derive(Args, Debug)]
+pub struct LockedArg {
+    /// Refuse to run unless kiln.lock pins exactly the image tags the
+    /// pipeline uses (CI should pass this; `kiln lock` fixes a mismatch).
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct OutputArgs {
-    /// Write a returned Directory or File here (atomically).
+    /// Write a returned Directory or File here (atomically); a returned
+    /// Container is written as an image tarball (OCI archive, `docker load`-able).
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Progress display.
@@ -40,6 +50,8 @@ pub struct CallArgs {
     pub module: ModuleArg,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub lock: LockedArg,
     /// Print help (of the function, when NAME is given).
     #[arg(short = 'h', long = "help")]
     pub help: bool,
@@ -60,6 +72,8 @@ pub struct RunArgs {
     pub module: ModuleArg,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub lock: LockedArg,
     /// Further flags for `ci`, e.g. --token env:TOKEN
     #[arg(
         trailing_var_arg = true,
@@ -91,8 +105,9 @@ pub fn module_root(module: &ModuleArg) -> Result<PathBuf> {
     }
 }
 
-pub async fn functions(engine: Engine, module: ModuleArg) -> Result<ExitCode> {
+pub async fn functions(setup: EngineSetup, module: ModuleArg) -> Result<ExitCode> {
     let root = module_root(&module)?;
+    let engine = setup.open(LockFile::default(), false)?;
     let handle = tokio::runtime::Handle::current();
     let infos = tokio::task::spawn_blocking(move || -> Result<Vec<FunctionInfo>> {
         let pipeline = Pipeline::load(&root, engine, handle)?;
@@ -113,7 +128,7 @@ pub async fn functions(engine: Engine, module: ModuleArg) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn call(engine: Engine, mut args: CallArgs) -> Result<ExitCode> {
+pub async fn call(setup: EngineSetup, mut args: CallArgs) -> Result<ExitCode> {
     let Some(name) = args.name.take() else {
         use clap::CommandFactory;
         let mut cli = crate::cli::Cli::command();
@@ -129,16 +144,26 @@ pub async fn call(engine: Engine, mut args: CallArgs) -> Result<ExitCode> {
     if args.help {
         args.flags.push("--help".into());
     }
-    invoke(engine, &args.module, args.out, name, args.flags, None).await
+    invoke(
+        setup,
+        &args.module,
+        args.out,
+        args.lock.locked,
+        name,
+        args.flags,
+        None,
+    )
+    .await
 }
 
-pub async fn run(engine: Engine, args: RunArgs) -> Result<ExitCode> {
+pub async fn run(setup: EngineSetup, args: RunArgs) -> Result<ExitCode> {
     let root = module_root(&args.module)?;
     let source = root.display().to_string();
     invoke(
-        engine,
+        setup,
         &args.module,
         args.out,
+        args.lock.locked,
         "ci".into(),
         args.flags,
         Some(source),
@@ -166,14 +191,23 @@ struct OwnOptions {
 }
 
 async fn invoke(
-    engine: Engine,
+    setup: EngineSetup,
     module: &ModuleArg,
     mut out: OutputArgs,
+    locked: bool,
     name: String,
     flags: Vec<String>,
     source: Option<String>,
 ) -> Result<ExitCode> {
     let root = module_root(module)?;
+    let lock = if locked {
+        crate::images::check_locked(&setup, &root).await?
+    } else {
+        crate::images::read_lock(&root)?.unwrap_or_default()
+    };
+    let engine = setup.open(lock, locked)?;
+    let lock_root = root.clone();
+    let function_name = name.clone();
     // Read likely inputs while kiln.star loads: a directory named on the
     // command line is almost always a Directory argument, and `kiln run`
     // passes the repository. The engine shares this work with the solve.
@@ -238,8 +272,11 @@ async fn invoke(
     renderer.finish().await;
     match output {
         Ok(output) => {
+            if !locked {
+                crate::images::record_new_pins(&engine, &lock_root)?;
+            }
             let phase = std::time::Instant::now();
-            print_output(&output, out.output.as_deref(), out.json).await?;
+            print_output(&output, out.output.as_deref(), out.json, &function_name).await?;
             tracing::debug!(ms = phase.elapsed().as_secs_f64() * 1e3, "wrote the result");
             Ok(ExitCode::SUCCESS)
         }
@@ -426,16 +463,29 @@ fn function_command(info: &FunctionInfo) -> clap::Command {
     cmd
 }
 
-async fn print_output(output: &Output, dest: Option<&Path>, json: bool) -> Result<()> {
+async fn print_output(
+    output: &Output,
+    dest: Option<&Path>,
+    json: bool,
+    function: &str,
+) -> Result<()> {
     if let Some(dest) = dest {
-        let exportable = exportables(output);
+        // Directories and files are what -o is mostly for; a container is
+        // written as an image only when nothing else was returned.
+        let mut exportable = exportables(output);
+        if exportable
+            .iter()
+            .any(|o| !matches!(o, Output::Container(_)))
+        {
+            exportable.retain(|o| !matches!(o, Output::Container(_)));
+        }
         match exportable.as_slice() {
-            [one] => export(one, dest).await?,
-            [] => {
-                bail!("-o/--output: the function returned nothing to write (no Directory or File)")
-            }
+            [one] => export(one, dest, function).await?,
+            [] => bail!(
+                "-o/--output: the function returned nothing to write (no Directory, File or Container)"
+            ),
             _ => bail!(
-                "-o/--output: the function returned {} directories/files; return one to export it",
+                "-o/--output: the function returned {} directories/files/containers; return one to export it",
                 exportable.len()
             ),
         }
@@ -452,14 +502,21 @@ async fn print_output(output: &Output, dest: Option<&Path>, json: bool) -> Resul
 
 fn exportables(output: &Output) -> Vec<&Output> {
     match output {
-        Output::Directory(_) | Output::File(_) => vec![output],
+        Output::Directory(_) | Output::File(_) | Output::Container(_) => vec![output],
         Output::List(items) => items.iter().flat_map(exportables).collect(),
         _ => Vec::new(),
     }
 }
 
-async fn export(output: &Output, dest: &Path) -> Result<()> {
+async fn export(output: &Output, dest: &Path, function: &str) -> Result<()> {
     match output {
+        Output::Container(c) => {
+            // The image inside is named after the function, so `docker load`
+            // lists it as e.g. `build:latest`.
+            let name = format!("{}:latest", kebab(function));
+            let digest = c.export_image(dest, &name).await?;
+            eprintln!("image {name} {digest}");
+        }
         Output::Directory(d) => {
             d.export(dest).await?;
         }

@@ -48,6 +48,11 @@ impl Fixture {
 pub fn open_engine(store: &Path) -> Engine {
     Engine::open(EngineOptions {
         store: store.to_owned(),
+        // Tests never reach for the network: a missing image is missing.
+        images: kiln_engine::ImagePolicy {
+            offline: true,
+            ..kiln_engine::ImagePolicy::default()
+        },
         ..EngineOptions::default()
     })
     .expect("open engine")
