@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use kiln_engine::Engine;
 use starlark::codemap::FileSpan;
@@ -56,7 +57,14 @@ fn dialect() -> Dialect {
     }
 }
 
+/// The globals every kiln file sees, built once per process (`--locked`
+/// loads a pipeline twice: once to plan, once to run).
 fn globals() -> Globals {
+    static GLOBALS: OnceLock<Globals> = OnceLock::new();
+    GLOBALS.get_or_init(build_globals).clone()
+}
+
+fn build_globals() -> Globals {
     use LibraryExtension::*;
     GlobalsBuilder::extended_by(&[
         StructType,
