@@ -14,11 +14,19 @@ pub enum Error {
     PlanOnly { what: String },
     #[error("{0}")]
     Registry(Arc<kiln_registry::Error>),
-    #[error("image {reference} is not in the store, and pulling it failed: {source}\n(without a registry, bring it in with `kiln image import PATH --tag {reference}`)")]
+    #[error("cannot pull {reference}: {cause}")]
     Pull {
         reference: String,
-        source: Arc<kiln_registry::Error>,
+        cause: Arc<kiln_registry::Error>,
     },
+    #[error("image {reference} is not in the store at {store}, and pulling it failed: {cause}\n(without a registry, bring it in with `kiln image import PATH --tag {reference}`)")]
+    ImageUnavailable {
+        reference: String,
+        store: String,
+        cause: Arc<kiln_registry::Error>,
+    },
+    #[error("--offline forbids pulling {reference}; bring it in with `kiln image import PATH --tag {reference}`")]
+    Offline { reference: String },
     #[error("{0}")]
     Oci(Arc<kiln_oci::Error>),
     #[error("{0}")]

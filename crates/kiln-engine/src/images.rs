@@ -64,7 +64,17 @@ impl Inner {
         let image = match kiln_oci::load_image(&self.store, &wanted.to_string()) {
             Ok(image) => image,
             Err(kiln_oci::Error::ImageNotFound { .. }) if !policy.offline => {
-                self.pull(&wanted)?;
+                match self.pull(&wanted) {
+                    Ok(_) => {}
+                    Err(Error::Pull { cause, .. }) => {
+                        return Err(Error::ImageUnavailable {
+                            reference: reference.to_owned(),
+                            store: self.store.root().display().to_string(),
+                            cause,
+                        })
+                    }
+                    Err(e) => return Err(e),
+                }
                 kiln_oci::load_image(&self.store, &wanted.to_string()).map_err(Error::from)?
             }
             Err(kiln_oci::Error::ImageNotFound { .. }) => {
@@ -86,6 +96,11 @@ impl Inner {
     /// Pulls `reference` into the store, as a step of its own in the
     /// progress stream.
     pub fn pull(&self, reference: &Reference) -> Result<Digest> {
+        if self.image_policy.offline {
+            return Err(Error::Offline {
+                reference: reference.to_string(),
+            });
+        }
         let name = format!("pull {reference}");
         let step = self.next_step();
         let started = Instant::now();
@@ -106,7 +121,7 @@ impl Inner {
         .map(|pulled| pulled.manifest)
         .map_err(|e| Error::Pull {
             reference: reference.to_string(),
-            source: Arc::new(e),
+            cause: Arc::new(e),
         });
         self.emit(Event::Finished {
             step,
@@ -149,9 +164,8 @@ impl crate::Engine {
             }
         }
         if self.inner.image_policy.offline {
-            return Err(Error::ImageNotFound {
+            return Err(Error::Offline {
                 reference: reference.to_owned(),
-                store: self.inner.store.root().display().to_string(),
             });
         }
         kiln_registry::blocking::resolve(&parsed, &self.inner.image_policy.registry)

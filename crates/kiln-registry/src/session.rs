@@ -668,7 +668,7 @@ async fn probe_retrying(
                 last,
             });
         }
-        tracing::warn!(registry = %host.key, attempt, error = %last, "registry unreachable; retrying");
+        tracing::info!(registry = %host.key, attempt, error = %last, "registry unreachable; retrying");
         tokio::time::sleep(backoff(options.retry_delay, attempt)).await;
         attempt += 1;
     }

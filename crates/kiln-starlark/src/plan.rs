@@ -40,9 +40,14 @@ impl Pipeline {
             let mut args = Vec::new();
             for param in info.params.iter().filter(|p| p.required) {
                 let value = match &param.ty {
-                    ParamType::Directory => ArgValue::Directory(self.engine().directory()),
+                    // The repository stands in for a directory: like the real
+                    // argument it is a host directory, which include/exclude
+                    // filters need. Nothing is read: the engine never solves.
+                    ParamType::Directory => {
+                        ArgValue::Directory(self.engine().host_directory(self.root()))
+                    }
                     ParamType::File => {
-                        ArgValue::File(self.engine().directory().file("kiln-plan-placeholder"))
+                        ArgValue::File(self.engine().host_file(self.root().join(crate::KILN_STAR)))
                     }
                     ParamType::Secret => ArgValue::Secret(self.engine().plan_secret(&param.name)),
                     ParamType::Str => ArgValue::Str(String::new()),
@@ -62,8 +67,8 @@ impl Pipeline {
                 args.push((param.name.clone(), value));
             }
             if let Err(e) = self.call(&info.name, args) {
-                let first_line = e.to_string().lines().next().unwrap_or_default().to_owned();
-                plan.incomplete.push((info.name.clone(), first_line));
+                plan.incomplete
+                    .push((info.name.clone(), headline(&e.to_string())));
             }
         }
         plan.references.extend(self.engine().image_references());
@@ -76,6 +81,17 @@ impl Pipeline {
         }
         Ok(plan)
     }
+}
+
+/// The line of a (possibly multi-line, traceback-style) error that says
+/// what went wrong.
+fn headline(message: &str) -> String {
+    let lines = || message.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .or_else(|| lines().next_back())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// String literals passed as the first argument of `container(...)`.
@@ -170,7 +186,17 @@ fn skip_string(bytes: &[u8], start: usize) -> (Option<String>, usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::container_literals;
+    use super::{container_literals, headline};
+
+    #[test]
+    fn headline_is_the_error_line() {
+        let traceback = "Traceback (most recent call last):\n  * kiln.star:3, in f\nerror: stdout is not possible while only planning\n --> kiln.star:3:5\n";
+        assert_eq!(
+            headline(traceback),
+            "stdout is not possible while only planning"
+        );
+        assert_eq!(headline("just one line"), "just one line");
+    }
 
     #[test]
     fn finds_literal_references_only() {

@@ -28,7 +28,8 @@ def build(source: Directory, token: Secret, version: str, debug: bool = False) -
     image = "golang:" + (version or "1.22")
     return (
         container(image)
-        .with_directory("/src", source)
+        .with_directory("/src", source, include = ["go.mod", "cmd/"])
+        .with_directory("/docs", source.directory("docs"))
         .with_secret_variable("TOKEN", token)
         .with_exec(["go", "build"])
     )

@@ -448,3 +448,14 @@ fn login_checks_credentials_and_pulls_use_them() {
         .unwrap_or_default()
         .contains(&host));
 }
+
+#[test]
+fn offline_forbids_pulling_and_says_how_to_import() {
+    let env = Env::empty();
+    let err = failed(&env.kiln(&["--offline", "image", "pull", "alpine:3.20"]));
+    assert!(
+        err.contains("--offline forbids pulling docker.io/library/alpine:3.20"),
+        "{err}"
+    );
+    assert!(err.contains("kiln image import"), "{err}");
+}
