@@ -99,25 +99,13 @@ pub fn pack_layer(store: &Store, layer_id: &str, options: &PackOptions) -> Resul
 /// Layer ids name directories in the store, so they follow the store's
 /// rules for names; anything else could point outside it.
 fn validate_layer_id(layer_id: &str) -> Result<()> {
-    let why = if layer_id.is_empty() || layer_id.len() > 200 {
-        Some("must be 1 to 200 characters")
-    } else if layer_id.starts_with('.') {
-        Some("must not start with '.'")
-    } else if !layer_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        Some("only letters, digits, '-', '_' and '.' are allowed")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(Error::InvalidLayerId {
+    kiln_store::validate_name("layer", layer_id).map_err(|e| match e {
+        kiln_store::Error::InvalidName { why, .. } => Error::InvalidLayerId {
             layer: layer_id.to_owned(),
             why,
-        }),
-        None => Ok(()),
-    }
+        },
+        other => other.into(),
+    })
 }
 
 /// `oci-pack-v1-<layer id>-<mtime>`: readable in the store, and unambiguous

@@ -656,8 +656,10 @@ pub(crate) fn touch(path: &Path) {
     );
 }
 
-/// Names used as file names inside the store: no separators, no dot-files.
-fn validate_name(kind: &'static str, name: &str) -> Result<()> {
+/// Names used as file names inside the store (layer ids, cache keys,
+/// volume names): no separators, no dot-files. Public so that code which
+/// builds store paths from names it was given can check them first.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
     let why = if name.is_empty() || name.len() > 200 {
         Some("must be 1 to 200 characters")
     } else if name.starts_with('.') {
