@@ -112,11 +112,38 @@ impl Inner {
                 .map(|d| d.short().to_owned())
                 .unwrap_or_default(),
         });
+        // One line of step output per blob fetched (and per retry), so a
+        // long pull shows progress and a flaky network shows itself.
+        let report = |progress: kiln_registry::PullProgress| {
+            use kiln_registry::PullProgress as P;
+            let line = match progress {
+                P::Resolved { blobs, bytes, .. } => {
+                    format!("{blobs} blobs, {} in all\n", human_bytes(bytes))
+                }
+                P::Done { digest, size } => {
+                    format!("fetched {} ({})\n", digest.short(), human_bytes(size))
+                }
+                P::Retrying {
+                    digest,
+                    attempt,
+                    error,
+                } => format!(
+                    "{}: attempt {attempt} failed ({error}); resuming\n",
+                    digest.short()
+                ),
+                P::Present { .. } | P::Started { .. } | P::Received { .. } => return,
+            };
+            self.emit(Event::Output {
+                step,
+                stream: crate::events::Stream::Stdout,
+                data: line.into_bytes(),
+            });
+        };
         let result = kiln_registry::blocking::pull(
             &self.store,
             reference,
             &self.image_policy.registry,
-            &|_| {},
+            &report,
         )
         .map(|pulled| pulled.manifest)
         .map_err(|e| Error::Pull {
@@ -135,6 +162,21 @@ impl Inner {
             },
         });
         result
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

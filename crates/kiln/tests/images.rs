@@ -108,8 +108,12 @@ def show() -> str:
     let module = env.module("mod", &[("kiln.star", &star)]);
     let m = module.to_str().unwrap();
 
-    // An empty store: the image is pulled.
-    assert_eq!(ok(&env.kiln(&["call", "-m", m, "show"])).trim(), "none");
+    // An empty store: the image is pulled, with a line per blob fetched.
+    let out = env.kiln(&["call", "-m", m, "show", "--progress", "plain"]);
+    assert_eq!(ok(&out).trim(), "none");
+    let progress = text(&out).1;
+    assert!(progress.contains(&format!("pull {tag}")), "{progress}");
+    assert!(progress.contains("fetched "), "{progress}");
     let images = ok(&env.kiln(&["image", "ls", "--json"]));
     assert!(images.contains(&v1), "{images}");
 
