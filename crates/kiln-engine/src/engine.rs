@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, Shared};
 use kiln_graph::{Filter, Key, SecretNode, SecretSource};
 use kiln_scrub::Redactor;
 use kiln_store::Store;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, StepId};
@@ -82,6 +82,8 @@ pub(crate) struct Inner {
     pub redactor: RwLock<Redactor>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     next_step: AtomicU64,
+    /// Set once by [`Engine::cancel`]; every running step waits on it.
+    cancelled: watch::Sender<bool>,
 }
 
 pub(crate) type HostSnapshot = Arc<OnceLock<Result<Arc<kiln_fs::HostTree>>>>;
@@ -117,6 +119,7 @@ impl Engine {
                 redactor: RwLock::new(Redactor::empty()),
                 subscribers: Mutex::new(Vec::new()),
                 next_step: AtomicU64::new(1),
+                cancelled: watch::Sender::new(false),
             }),
         })
     }
@@ -215,6 +218,31 @@ impl Engine {
         })
     }
 
+    /// Stops everything this engine runs, for good: every running step's
+    /// container is killed, steps waiting for a slot and steps not started
+    /// yet fail with [`Error::Cancelled`], and so does every later solve.
+    /// Meant for an engine that serves one run (a CI job); open a new one
+    /// for the next.
+    ///
+    /// This works however the solve is driven: from an async task, or from
+    /// a blocking thread (Starlark's solving methods), where dropping a
+    /// future is not an option. Solves nobody polls any more (their caller
+    /// was dropped) are dropped here, which kills their containers; so this
+    /// call may block for as long as a container teardown takes.
+    pub fn cancel(&self) {
+        self.inner.cancelled.send_replace(true);
+        // The memo holds a clone of every shared solve; a solve whose
+        // callers are gone would otherwise live, unpolled, with its
+        // container running until the engine is dropped.
+        let abandoned = std::mem::take(&mut *lock(&self.inner.memo));
+        drop(abandoned);
+    }
+
+    /// Whether [`Engine::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+
     /// Scrubs registered secret values from text, for front ends that print
     /// messages built from step output.
     pub fn redact(&self, text: &str) -> String {
@@ -245,6 +273,29 @@ impl Inner {
             Ok(Arc::new(tree))
         })
         .clone()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Fails with [`Error::Cancelled`] once the engine is cancelled; a
+    /// step selects on this next to its container.
+    pub async fn cancelled(&self) -> Error {
+        let mut watching = self.cancelled.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = watching.wait_for(|cancelled| *cancelled).await;
+        Error::Cancelled
+    }
+
+    /// `Err(Cancelled)` once the engine is cancelled: checked before
+    /// starting work.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn emit(&self, event: Event) {

@@ -45,6 +45,10 @@ pub enum Error {
     NotFound { what: &'static str, path: String },
     #[error("could not open the engine: {0}")]
     Open(String),
+    /// [`Engine::cancel`](crate::Engine::cancel) was called: running steps
+    /// were killed and nothing new starts.
+    #[error("cancelled")]
+    Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -12,6 +12,9 @@
 //! stream of [`Event`]s from [`Engine::subscribe`]. Every byte of step output
 //! passes through a streaming redactor holding all secrets registered with
 //! the engine before it reaches an event, the cache or an error.
+//! [`Engine::cancel`] stops an engine's run for good: running steps' containers
+//! are killed however the solve is driven (an async task, or a blocking
+//! thread as Starlark's solving methods use), and nothing new starts.
 
 mod api;
 mod config;

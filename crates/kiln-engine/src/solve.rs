@@ -130,6 +130,7 @@ pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsSta
             what: "solving".into(),
         });
     }
+    inner.check_cancelled()?;
     let keys = Keys::new(inner.clone());
     let started = Instant::now();
     let keyed = {
@@ -436,6 +437,7 @@ impl Solver {
     where
         F: std::future::Future<Output = Result<FsState>>,
     {
+        self.inner.check_cancelled()?;
         if let Some(state) = self.lookup(key).await? {
             let step = self.inner.next_step();
             self.inner.emit(Event::Cached {
@@ -550,6 +552,7 @@ impl Solver {
     }
 
     async fn pull(&self, reference: &str) -> Result<FsState> {
+        self.inner.check_cancelled()?;
         let image = self.inner.load_image(reference)?;
         let mut unpacks = Vec::new();
         for layer in &image.layers {
@@ -755,11 +758,14 @@ impl Solver {
             env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
         }
 
-        let _slot = inner
-            .steps
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("step slots closed".into()))?;
+        // A cancelled engine starts nothing, even a step that was waiting.
+        let _slot = tokio::select! {
+            biased;
+            cancelled = inner.cancelled() => return Err(cancelled),
+            slot = inner.steps.acquire() => {
+                slot.map_err(|_| Error::Internal("step slots closed".into()))?
+            }
+        };
         let upper = inner.store.stage_dir()?;
         let work = inner.store.stage_dir()?;
         let step = inner.next_step();
@@ -770,7 +776,9 @@ impl Solver {
             key: key.short(),
         });
         let spec = kiln_exec::RunSpec {
-            container_id: format!("kiln-{}-{}", std::process::id(), step.0),
+            // Unique in the process, not only in this engine: a runner runs
+            // several jobs at once, each on its own engine.
+            container_id: format!("kiln-{}-{}", std::process::id(), next_container()),
             bundle_dir: scratch.bundle.clone(),
             lower_layers: base
                 .layers
@@ -810,7 +818,12 @@ impl Solver {
                 }
             }
         };
-        let status = inner.runtime.run(spec, sink).await;
+        // Cancelling drops the run future, which kills the container and
+        // tears its mounts down before the select returns.
+        let status = tokio::select! {
+            status = inner.runtime.run(spec, sink) => Some(status),
+            _ = inner.cancelled() => None,
+        };
         let captured = {
             let mut capture = lock(&capture);
             for (stream, rest) in capture.finish() {
@@ -825,6 +838,10 @@ impl Solver {
         drop(volume_locks);
         drop(keep_alive);
         drop(work);
+        let Some(status) = status else {
+            self.finish(step, name, started, Err("cancelled".into()));
+            return Err(Error::Cancelled);
+        };
         let status = match status {
             Ok(s) => s,
             Err(e) => {
@@ -889,6 +906,13 @@ impl Solver {
             }),
         })
     }
+}
+
+/// A number no other step of this process has had: container ids must be
+/// unique among every engine the process opened.
+fn next_container() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Per-step scratch space on tmpfs: the runtime bundle (whose config.json
