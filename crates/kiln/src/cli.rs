@@ -23,6 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Store directory [default: $KILN_STORE, else /var/lib/kiln for root, else $XDG_DATA_HOME/kiln]
     #[arg(long, global = true, value_name = "DIR")]
@@ -77,6 +78,30 @@ pub enum Command {
     /// Inspect and prune the store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Run the CI service: repositories, a durable job queue, the API runners pull from.
+    Server(crate::service::ServerArgs),
+    /// Add and list the repositories the server builds.
+    #[command(subcommand)]
+    Repo(crate::service::RepoCommand),
+    /// Queue a job for a repository and print its id.
+    Trigger(crate::service::TriggerArgs),
+    /// Make registration tokens for runners.
+    #[command(subcommand)]
+    RunnerToken(crate::service::RunnerTokenCommand),
+    /// Run jobs for a server: register, wait for work, run each job's `ci` function.
+    ///
+    /// Registers with the server, then waits for jobs. Each job's commit is
+    /// checked out into a fresh directory under --work and its `ci` function
+    /// runs exactly as `kiln run` would run it there, on this machine's store
+    /// (--store), so its steps hit the same cache. Output, steps and the
+    /// result stream to the server as they happen.
+    ///
+    /// Ctrl-C or SIGTERM stops taking jobs and waits for the running ones; a
+    /// second one cancels them.
+    Runner(crate::runner::RunnerArgs),
+    /// List, inspect, follow, cancel and retry the server's jobs.
+    #[command(subcommand)]
+    Jobs(crate::service::JobsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,6 +272,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Functions(module) => crate::pipeline::functions(setup, module).await,
         Command::Call(args) => crate::pipeline::call(setup, args).await,
         Command::Run(args) => crate::pipeline::run(setup, args).await,
+        Command::Server(args) => crate::service::server(args).await,
+        Command::Repo(cmd) => crate::service::repo(cmd).await,
+        Command::Trigger(args) => crate::service::trigger(args).await,
+        Command::RunnerToken(cmd) => crate::service::runner_token(cmd).await,
+        Command::Jobs(cmd) => crate::service::jobs(cmd).await,
+        Command::Runner(args) => crate::runner::run(setup, args).await,
     }
 }
 

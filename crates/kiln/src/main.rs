@@ -5,6 +5,8 @@ mod cli;
 mod images;
 mod pipeline;
 mod progress;
+mod runner;
+mod service;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,6 @@
-//! `kiln functions`, `kiln call` and `kiln run`: the commands over kiln.star.
+//! `kiln functions`, `kiln call` and `kiln run`: the commands over kiln.star,
+//! and [`call_function`], the one path from kiln.star to a result, which
+//! `kiln runner` takes for every job.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -144,70 +146,105 @@ pub async fn call(setup: EngineSetup, mut args: CallArgs) -> Result<ExitCode> {
     if args.help {
         args.flags.push("--help".into());
     }
-    invoke(
-        setup,
-        &args.module,
-        args.out,
-        args.lock.locked,
+    let call = FunctionCall {
+        root: module_root(&args.module)?,
+        locked: args.lock.locked,
         name,
-        args.flags,
-        None,
-    )
-    .await
+        flags: args.flags,
+        source: None,
+    };
+    invoke(setup, call, args.out).await
 }
 
 pub async fn run(setup: EngineSetup, args: RunArgs) -> Result<ExitCode> {
     let root = module_root(&args.module)?;
-    let source = root.display().to_string();
-    invoke(
-        setup,
-        &args.module,
-        args.out,
-        args.lock.locked,
-        "ci".into(),
-        args.flags,
-        Some(source),
-    )
-    .await
+    invoke(setup, ci_call(root, args.lock.locked, args.flags), args.out).await
 }
 
-enum Prepared {
+/// One call of a kiln.star function, as `kiln call` and `kiln run` make it
+/// from the command line and `kiln runner` makes it for a job.
+pub struct FunctionCall {
+    /// The directory holding kiln.star.
+    pub root: PathBuf,
+    /// `--locked`: kiln.lock must pin exactly the images the pipeline uses.
+    pub locked: bool,
+    /// The function, in either spelling (`check-links`, `check_links`).
+    pub name: String,
+    /// The function's flags (kiln's own `--progress`, `--json` and `-o`
+    /// may be among them).
+    pub flags: Vec<String>,
+    /// The `source` argument when the flags do not set it.
+    pub source: Option<String>,
+}
+
+/// What `kiln run` calls: `ci`, with the repository as `source`. A runner
+/// calls exactly this on its checkout, so both get the same cache keys.
+pub fn ci_call(root: PathBuf, locked: bool, flags: Vec<String>) -> FunctionCall {
+    let source = root.display().to_string();
+    FunctionCall {
+        root,
+        locked,
+        name: "ci".into(),
+        flags,
+        source: Some(source),
+    }
+}
+
+/// Watches a call while it runs: the terminal's progress display, or a
+/// runner streaming the job's log to its server.
+pub trait Watch {
+    /// The engine is open and nothing has been loaded yet. A watcher that
+    /// must be able to cancel the run keeps a clone of the engine.
+    fn opened(&mut self, _engine: &Engine) {}
+    /// The function is about to be called; its events start here.
+    fn calling(&mut self, _engine: &Engine, _name: &str, _own: &OwnOptions) {}
+    /// The result is solved or failed: every event emitted is in.
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// How a call ended, once the engine was open.
+pub enum Called {
     /// `--help` was asked for: print this and stop.
     Help(String),
-    Ready {
-        pipeline: Box<Pipeline>,
-        name: String,
-        args: Vec<(String, ArgValue)>,
+    /// kiln.star did not load or the flags did not parse: nothing ran.
+    NotStarted {
+        engine: Engine,
+        error: anyhow::Error,
+    },
+    /// The function ran; `output` is its solved result or why it failed.
+    Ran {
+        engine: Engine,
         own: OwnOptions,
+        output: Result<Output>,
     },
 }
 
-/// kiln's own options found among a function's flags.
-#[derive(Default)]
-struct OwnOptions {
-    output: Option<PathBuf>,
-    progress: Option<ProgressMode>,
-    json: bool,
-}
-
-async fn invoke(
-    setup: EngineSetup,
-    module: &ModuleArg,
-    mut out: OutputArgs,
-    locked: bool,
-    name: String,
-    flags: Vec<String>,
-    source: Option<String>,
-) -> Result<ExitCode> {
-    let root = module_root(module)?;
+/// Calls a kiln.star function and solves its result: checks or reads
+/// kiln.lock, opens the engine, loads kiln.star, parses the flags, calls,
+/// solves, and (unless `--locked`) pins newly resolved tags in kiln.lock.
+/// The one path from kiln.star to a result, for `kiln call`, `kiln run` and
+/// `kiln runner`. Errors before the engine is open, and a kiln.lock that
+/// cannot be updated, are `Err`.
+pub async fn call_function(
+    setup: &EngineSetup,
+    call: FunctionCall,
+    watch: &mut impl Watch,
+) -> Result<Called> {
+    let FunctionCall {
+        root,
+        locked,
+        name,
+        flags,
+        source,
+    } = call;
     let lock = if locked {
-        crate::images::check_locked(&setup, &root).await?
+        crate::images::check_locked(setup, &root).await?
     } else {
         crate::images::read_lock(&root)?.unwrap_or_default()
     };
     let engine = setup.open(lock, locked)?;
+    watch.opened(&engine);
     let lock_root = root.clone();
-    let function_name = name.clone();
     // Read likely inputs while kiln.star loads: a directory named on the
     // command line is almost always a Directory argument, and `kiln run`
     // passes the repository. The engine shares this work with the solve.
@@ -227,31 +264,18 @@ async fn invoke(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "loaded kiln.star, parsed flags"
     );
-    let (pipeline, name, args) = match prepared {
-        Ok(Prepared::Help(text)) => {
-            print!("{text}");
-            return Ok(ExitCode::SUCCESS);
-        }
+    let (pipeline, name, args, own) = match prepared {
+        Ok(Prepared::Help(text)) => return Ok(Called::Help(text)),
         Ok(Prepared::Ready {
             pipeline,
             name,
             args,
             own,
-        }) => {
-            out.output = own.output.or(out.output);
-            out.progress = own.progress.unwrap_or(out.progress);
-            out.json |= own.json;
-            (pipeline, name, args)
-        }
-        Err(e) => return fail(&engine, &e, out.json),
+        }) => (pipeline, name, args, own),
+        Err(error) => return Ok(Called::NotStarted { engine, error }),
     };
-    let mode = if out.json {
-        ProgressMode::Json
-    } else {
-        out.progress
-    };
-    // Progress runs during the call too: a function may solve values itself.
-    let renderer = progress::spawn(&engine, mode, &name);
+    // Watching covers the call too: a function may solve values itself.
+    watch.calling(&engine, &name, &own);
     let phase = std::time::Instant::now();
     let called = tokio::task::spawn_blocking(move || pipeline.call(&name, args)).await?;
     tracing::debug!(
@@ -269,18 +293,90 @@ async fn invoke(
         ms = phase.elapsed().as_secs_f64() * 1e3,
         "solved the result"
     );
-    renderer.finish().await;
-    match output {
-        Ok(output) => {
-            if !locked {
-                crate::images::record_new_pins(&engine, &lock_root)?;
-            }
-            let phase = std::time::Instant::now();
-            print_output(&output, out.output.as_deref(), out.json, &function_name).await?;
-            tracing::debug!(ms = phase.elapsed().as_secs_f64() * 1e3, "wrote the result");
+    watch.finish().await;
+    if output.is_ok() && !locked {
+        crate::images::record_new_pins(&engine, &lock_root)?;
+    }
+    Ok(Called::Ran {
+        engine,
+        own,
+        output,
+    })
+}
+
+enum Prepared {
+    /// `--help` was asked for: print this and stop.
+    Help(String),
+    Ready {
+        pipeline: Box<Pipeline>,
+        name: String,
+        args: Vec<(String, ArgValue)>,
+        own: OwnOptions,
+    },
+}
+
+/// kiln's own options found among a function's flags.
+#[derive(Default)]
+pub struct OwnOptions {
+    output: Option<PathBuf>,
+    progress: Option<ProgressMode>,
+    json: bool,
+}
+
+/// The terminal's watcher: progress in the mode the command line chose.
+struct Progress {
+    progress: ProgressMode,
+    json: bool,
+    renderer: Option<progress::Renderer>,
+}
+
+impl Watch for Progress {
+    fn calling(&mut self, engine: &Engine, name: &str, own: &OwnOptions) {
+        let mode = if self.json || own.json {
+            ProgressMode::Json
+        } else {
+            own.progress.unwrap_or(self.progress)
+        };
+        self.renderer = Some(progress::spawn(engine, mode, name));
+    }
+
+    async fn finish(&mut self) {
+        if let Some(renderer) = self.renderer.take() {
+            renderer.finish().await;
+        }
+    }
+}
+
+async fn invoke(setup: EngineSetup, call: FunctionCall, mut out: OutputArgs) -> Result<ExitCode> {
+    let function_name = call.name.clone();
+    let mut watch = Progress {
+        progress: out.progress,
+        json: out.json,
+        renderer: None,
+    };
+    match call_function(&setup, call, &mut watch).await? {
+        Called::Help(text) => {
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => fail(&engine, &e, out.json),
+        Called::NotStarted { engine, error } => fail(&engine, &error, out.json),
+        Called::Ran {
+            engine,
+            own,
+            output,
+        } => {
+            out.output = own.output.or(out.output);
+            out.json |= own.json;
+            match output {
+                Ok(output) => {
+                    let phase = std::time::Instant::now();
+                    print_output(&output, out.output.as_deref(), out.json, &function_name).await?;
+                    tracing::debug!(ms = phase.elapsed().as_secs_f64() * 1e3, "wrote the result");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => fail(&engine, &e, out.json),
+            }
+        }
     }
 }
 

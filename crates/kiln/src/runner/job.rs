@@ -1,0 +1,516 @@
+//! One job: check the commit out, run its `ci` exactly as `kiln run` does,
+//! stream what happens to the server, and report how it ended.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
+use kiln_starlark::Output;
+use tokio::sync::watch;
+
+use super::api::{Api, CallError, ClaimedJob, StepRecord};
+use super::checkout::{checkout, shown_url};
+use super::outbox::{Delivery, LogWriter, Outbox};
+use super::Backoff;
+use crate::images::EngineSetup;
+use crate::pipeline::{self, Called, Watch};
+
+/// How long a stopped job's pipeline gets to wind down (its engine kills
+/// running steps at once) before it is dropped where it stands.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What every job of a runner shares.
+pub struct JobContext {
+    pub api: Arc<Api>,
+    pub setup: EngineSetup,
+    pub work: PathBuf,
+    pub locked: bool,
+    pub runner_name: String,
+}
+
+/// Why a job was stopped before it ended by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The server listed it in a heartbeat's `cancel`.
+    Cancelled,
+    /// The server answered 404/409: it is no longer this runner's.
+    Gone,
+    /// The runner is shutting down and was told to cancel what runs.
+    Shutdown,
+}
+
+/// Stops a job from outside: the heartbeat, the log sender, a signal.
+pub struct JobControl {
+    state: Mutex<ControlState>,
+    stopped: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    reason: Option<StopReason>,
+    engine: Option<Engine>,
+}
+
+impl JobControl {
+    pub fn new() -> JobControl {
+        JobControl {
+            state: Mutex::new(ControlState::default()),
+            stopped: watch::Sender::new(false),
+        }
+    }
+
+    /// Stops the job (the first reason given sticks): its engine kills the
+    /// running steps and starts no more.
+    pub fn stop(&self, reason: StopReason) {
+        let engine = {
+            let mut state = lock(&self.state);
+            if state.reason.is_some() {
+                return;
+            }
+            state.reason = Some(reason);
+            state.engine.clone()
+        };
+        self.stopped.send_replace(true);
+        if let Some(engine) = engine {
+            cancel(engine);
+        }
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        lock(&self.state).reason
+    }
+
+    /// The job's engine, once open: a stop from now on cancels it.
+    fn attach(&self, engine: &Engine) {
+        let stopped = {
+            let mut state = lock(&self.state);
+            state.engine = Some(engine.clone());
+            state.reason.is_some()
+        };
+        if stopped {
+            cancel(engine.clone());
+        }
+    }
+
+    async fn stopped(&self) {
+        let mut watching = self.stopped.subscribe();
+        let _ = watching.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Cancelling may block on container teardown: not on an async worker.
+fn cancel(engine: Engine) {
+    tokio::task::spawn_blocking(move || engine.cancel());
+}
+
+/// How a job ended, for the runner's own output.
+pub enum JobEnd {
+    /// Reported to the server as succeeded or failed.
+    Finished { succeeded: bool, took: Duration },
+    /// Not reported: the server stopped it, or took it back.
+    Dropped(String),
+}
+
+/// Runs one claimed job to its end.
+pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) -> JobEnd {
+    let started = Instant::now();
+    let outbox = {
+        let control = control.clone();
+        Outbox::start(ctx.api.clone(), job.id, move || {
+            control.stop(StopReason::Gone)
+        })
+    };
+    let log = outbox.writer();
+    let what = match &job.commit {
+        Some(commit) => format!("commit {commit}"),
+        None => format!("{} (no commit given)", job.git_ref),
+    };
+    log.system(&format!(
+        "kiln runner {}: job {} attempt {}: {} {what} from {}",
+        ctx.runner_name,
+        job.id,
+        job.attempt,
+        job.repo,
+        shown_url(&job.url)
+    ));
+    let dir = ctx.work.join(format!("job-{}-{}", job.id, job.attempt));
+    let succeeded = {
+        let execute = execute(ctx, &job, dir.clone(), &log, &control);
+        let wound_down = async {
+            control.stopped().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            succeeded = execute => succeeded,
+            _ = wound_down => false,
+        }
+    };
+    remove_checkout(dir).await;
+    match control.reason() {
+        Some(StopReason::Cancelled) => {
+            outbox.abandon();
+            return JobEnd::Dropped("cancelled by the server".into());
+        }
+        Some(StopReason::Gone) => {
+            outbox.abandon();
+            return JobEnd::Dropped("the server no longer counts it as this runner's".into());
+        }
+        Some(StopReason::Shutdown) => log.system("cancelled: the runner is shutting down"),
+        None => {}
+    }
+    drop(log);
+    match outbox.close().await {
+        Delivery::Delivered => {}
+        Delivery::Gone => {
+            return JobEnd::Dropped("the server no longer counts it as this runner's".into())
+        }
+        Delivery::Refused(why) => {
+            return JobEnd::Dropped(format!("the server refused its log: {why}"));
+        }
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match ctx.api.finish(job.id, succeeded).await {
+            Ok(()) => {
+                return JobEnd::Finished {
+                    succeeded,
+                    took: started.elapsed(),
+                }
+            }
+            Err(CallError::Unreachable(_)) => backoff.wait().await,
+            Err(CallError::Gone) => {
+                return JobEnd::Dropped("the server no longer counts it as running".into())
+            }
+            Err(e) => return JobEnd::Dropped(format!("reporting its end: {e}")),
+        }
+    }
+}
+
+/// Checks out and runs `ci`; whether it succeeded. Everything worth
+/// knowing goes to the log.
+async fn execute(
+    ctx: &JobContext,
+    job: &ClaimedJob,
+    dir: PathBuf,
+    log: &LogWriter,
+    control: &Arc<JobControl>,
+) -> bool {
+    let fetched = tokio::select! {
+        fetched = checkout(&dir, &job.url, job.commit.as_deref(), &job.git_ref) => fetched,
+        _ = control.stopped() => return false,
+    };
+    match fetched {
+        Ok(head) => log.system(&format!("checked out {head}")),
+        Err(e) => {
+            log.system(&format!("error: checking out the commit: {e:#}"));
+            return false;
+        }
+    }
+    let mut watch = JobWatch::new(control.clone(), log.clone());
+    let started = Instant::now();
+    let called = pipeline::call_function(
+        &ctx.setup,
+        pipeline::ci_call(dir, ctx.locked, Vec::new()),
+        &mut watch,
+    )
+    .await;
+    // Also when the call ended early: every event that came is logged.
+    watch.finish().await;
+    match called {
+        Err(e) => {
+            log.system(&format!("error: {e:#}"));
+            false
+        }
+        Ok(Called::Help(_)) => {
+            log.system("error: `ci` was asked for help instead of run");
+            false
+        }
+        Ok(Called::NotStarted { engine, error }) => {
+            log.system(&failure(&engine, &error));
+            false
+        }
+        Ok(Called::Ran {
+            output: Ok(output), ..
+        }) => {
+            let took = started.elapsed().as_secs_f64();
+            log.system(&format!("ci succeeded in {took:.2}s"));
+            if let Some(text) = summary(&output) {
+                log.system(&text);
+            }
+            true
+        }
+        Ok(Called::Ran {
+            engine,
+            output: Err(error),
+            ..
+        }) => {
+            log.system(&failure(&engine, &error));
+            false
+        }
+    }
+}
+
+/// A failure as `kiln run` prints it: secrets scrubbed, one `error:` prefix.
+fn failure(engine: &Engine, error: &anyhow::Error) -> String {
+    let message = engine.redact(&format!("{error:#}"));
+    // Starlark's diagnostics already begin with "error:".
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("error: {message}")
+}
+
+/// What `ci` returned, where text says something (a Container or Directory
+/// is already described by its steps).
+fn summary(output: &Output) -> Option<String> {
+    let text = match output {
+        Output::Str(s) => s.trim_end().to_owned(),
+        Output::Int(n) => n.to_string(),
+        Output::Bool(b) => b.to_string(),
+        Output::Other(s) => s.clone(),
+        Output::List(items) => items
+            .iter()
+            .filter_map(summary)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Output::None | Output::Container(_) | Output::Directory(_) | Output::File(_) => {
+            String::new()
+        }
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+async fn remove_checkout(dir: PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("could not remove {}: {e}", dir.display())),
+    })
+    .await;
+    if let Ok(Err(why)) = removed {
+        eprintln!("kiln runner: {why}");
+    }
+}
+
+/// Streams a job's engine events to its log: output as it comes, and for
+/// each step a `system` line (as `--progress plain` prints it) and a step
+/// record.
+struct JobWatch {
+    control: Arc<JobControl>,
+    log: LogWriter,
+    forwarder: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl JobWatch {
+    fn new(control: Arc<JobControl>, log: LogWriter) -> JobWatch {
+        JobWatch {
+            control,
+            log,
+            forwarder: None,
+        }
+    }
+}
+
+impl Watch for JobWatch {
+    fn opened(&mut self, engine: &Engine) {
+        self.control.attach(engine);
+        // From the start: kiln.star may solve while it loads.
+        let mut events = engine.subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let mut steps = StepLog::new(self.log.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(event) = events.recv() => steps.record(event),
+                    _ = &mut stopped => {
+                        while let Ok(event) = events.try_recv() {
+                            steps.record(event);
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        self.forwarder = Some((task, stop));
+    }
+
+    async fn finish(&mut self) {
+        if let Some((task, stop)) = self.forwarder.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// Turns engine events into log chunks and step records.
+struct StepLog {
+    log: LogWriter,
+    /// Name and key of each step, from its Started or Cached event.
+    steps: HashMap<StepId, (String, String)>,
+    /// The incomplete UTF-8 sequence a chunk of output ended with, kept
+    /// for the next chunk of the same stream.
+    partial: HashMap<(StepId, &'static str), Vec<u8>>,
+}
+
+impl StepLog {
+    fn new(log: LogWriter) -> StepLog {
+        StepLog {
+            log,
+            steps: HashMap::new(),
+            partial: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Started { step, name, key } => {
+                self.log.system(&format!("#{} {name}", step.0));
+                self.log.step(StepRecord {
+                    step: step.0,
+                    name: name.clone(),
+                    key: key.clone(),
+                    status: "running",
+                    cached: false,
+                    duration_ms: None,
+                });
+                self.steps.insert(step, (name, key));
+            }
+            Event::Cached { step, name, key } => {
+                self.log.system(&format!("#{} CACHED {name}", step.0));
+                self.log.step(StepRecord {
+                    step: step.0,
+                    name: name.clone(),
+                    key: key.clone(),
+                    status: "cached",
+                    cached: true,
+                    duration_ms: None,
+                });
+                self.steps.insert(step, (name, key));
+            }
+            Event::Output { step, stream, data } => {
+                let stream = stream_name(stream);
+                let text = self.decode(step, stream, data);
+                self.log.output(stream, text);
+            }
+            Event::Finished {
+                step,
+                name,
+                duration,
+                outcome,
+            } => {
+                for stream in ["stdout", "stderr"] {
+                    if let Some(rest) = self.partial.remove(&(step, stream)) {
+                        self.log
+                            .output(stream, String::from_utf8_lossy(&rest).into_owned());
+                    }
+                }
+                let secs = duration.as_secs_f64();
+                let (status, line) = match &outcome {
+                    Outcome::Succeeded { .. } => {
+                        ("succeeded", format!("#{} DONE {secs:.2}s", step.0))
+                    }
+                    Outcome::Failed { message } => {
+                        let first = message.lines().next().unwrap_or("");
+                        ("failed", format!("#{} FAILED {secs:.2}s: {first}", step.0))
+                    }
+                };
+                self.log.system(&line);
+                let key = self
+                    .steps
+                    .get(&step)
+                    .map(|(_, key)| key.clone())
+                    .unwrap_or_default();
+                self.log.step(StepRecord {
+                    step: step.0,
+                    name,
+                    key,
+                    status,
+                    cached: false,
+                    duration_ms: Some(duration.as_secs_f64() * 1000.0),
+                });
+            }
+        }
+    }
+
+    /// Output as text: whole UTF-8 sequences only, the rest kept for the
+    /// next chunk, so a character split between two reads stays whole.
+    fn decode(&mut self, step: StepId, stream: &'static str, data: Vec<u8>) -> String {
+        let mut bytes = self.partial.remove(&(step, stream)).unwrap_or_default();
+        bytes.extend_from_slice(&data);
+        let rest = bytes.split_off(complete_utf8_len(&bytes));
+        if !rest.is_empty() {
+            self.partial.insert((step, stream), rest);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// How much of `bytes` is not an unfinished UTF-8 sequence at its end.
+/// Invalid bytes elsewhere count as complete (they are shown as U+FFFD).
+fn complete_utf8_len(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let at = bytes.len() - back;
+        let byte = bytes[at];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: look further back
+        }
+        let needs = match byte {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if needs > back { at } else { bytes.len() };
+    }
+    bytes.len()
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_between_chunks_stays_whole() {
+        let euro = "€".as_bytes(); // three bytes
+        assert_eq!(complete_utf8_len(b"ab"), 2);
+        assert_eq!(complete_utf8_len(&[b'a', euro[0]]), 1);
+        assert_eq!(complete_utf8_len(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(complete_utf8_len(&[b'a', euro[0], euro[1], euro[2]]), 4);
+        assert_eq!(complete_utf8_len(&[b'a', 0xff]), 2);
+        assert_eq!(complete_utf8_len(&[0x80, 0x80, 0x80, 0x80]), 4);
+        assert_eq!(complete_utf8_len(&[]), 0);
+    }
+
+    #[test]
+    fn results_worth_a_line_are_summarised() {
+        assert_eq!(
+            summary(&Output::Str("all good\n".into())).as_deref(),
+            Some("all good")
+        );
+        assert_eq!(summary(&Output::None), None);
+        assert_eq!(
+            summary(&Output::List(vec![
+                Output::Int(3),
+                Output::None,
+                Output::Bool(true)
+            ]))
+            .as_deref(),
+            Some("3\ntrue")
+        );
+    }
+}

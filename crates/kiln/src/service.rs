@@ -1,0 +1,319 @@
+//! The CI service from the command line: `kiln server` runs it; `kiln repo`,
+//! `kiln trigger`, `kiln runner-token` and `kiln jobs` are its API clients
+//! (the contract is crates/kiln-server/API.md).
+
+mod client;
+mod logs;
+mod serve;
+mod sse;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use client::{ApiClient, ClientArgs, SecretArg};
+
+/// `kiln server`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "On its first start the server creates the admin token, prints it \
+    once and saves it as DATA/admin.token (mode 0600). Runners need a registration token: \
+    `kiln runner-token create`. Ctrl-C or SIGTERM stops the server; queued jobs are kept."
+)]
+pub struct ServerArgs {
+    /// Address to listen on. Anything other than loopback exposes the API
+    /// to the network: put TLS in front of it.
+    #[arg(long, default_value = "127.0.0.1:8420", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Data directory: the database and admin.token
+    /// [default: /var/lib/kiln-server for root, else $XDG_DATA_HOME/kiln-server]
+    #[arg(long, env = "KILN_SERVER_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The database: sqlite://PATH or a file path [default: DATA/kiln.db].
+    /// (Kept out of Debug output and errors: other URLs may hold a password.)
+    #[arg(long, value_name = "URL")]
+    pub db: Option<SecretArg>,
+    /// A runner not heard from for this long is lost; its running jobs are
+    /// queued again (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub runner_timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Add a repository for the server to build.
+    #[command(
+        after_help = "Jobs come from `kiln trigger`, from polling (--poll) or from a \
+        push webhook: point GitHub, Gitea or Forgejo at http://SERVER/hooks/github with the \
+        same secret. Pass the secret with --webhook-secret-file or KILN_WEBHOOK_SECRET so it \
+        stays out of your shell history."
+    )]
+    Add {
+        /// Short name, used by `kiln trigger NAME` (A-Z a-z 0-9 - _ .).
+        name: String,
+        /// The git URL runners clone.
+        #[arg(long, value_name = "GIT_URL")]
+        url: String,
+        /// The branch polling watches and jobs build by default [server default: main].
+        #[arg(long, value_name = "BRANCH")]
+        branch: Option<String>,
+        /// Check the branch for new commits every SECONDS (0: never; webhooks or
+        /// triggers only).
+        #[arg(long = "poll", value_name = "SECONDS")]
+        poll_seconds: Option<u32>,
+        /// The webhook secret (prefer --webhook-secret-file or the environment).
+        #[arg(
+            long,
+            env = "KILN_WEBHOOK_SECRET",
+            hide_env_values = true,
+            value_name = "SECRET",
+            conflicts_with = "webhook_secret_file"
+        )]
+        webhook_secret: Option<SecretArg>,
+        /// Read the webhook secret from this file (one line; the newline is dropped).
+        #[arg(long, value_name = "FILE")]
+        webhook_secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the repositories.
+    Ls {
+        /// Print the server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `kiln trigger`.
+#[derive(Args, Debug)]
+pub struct TriggerArgs {
+    /// The repository (as in `kiln repo ls`).
+    pub name: String,
+    /// The branch or ref to build [default: the repository's branch].
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// Build this commit [default: the ref's head when a runner takes the job].
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunnerTokenCommand {
+    /// Make a registration token and print it alone on stdout, for
+    /// `kiln runner --token` (a runner shows it once, to register; it stays valid for more runners until revoked).
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// List the jobs, newest first (times in UTC).
+    Ls {
+        /// Print the server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print one job as JSON: status, times, runner and steps.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a job's log: its output on stdout, kiln's system lines on stderr.
+    #[command(
+        after_help = "The job's stdout and stderr go to stdout as captured, in order; \
+        kiln's own lines (steps, images, runner) go to stderr. With --follow the exit \
+        status is 0 when the job succeeds and 1 when it fails or is cancelled."
+    )]
+    Logs {
+        id: i64,
+        /// Keep printing until the job finishes (resumes if the connection drops).
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Queue a finished job again; prints the new job's id.
+    Retry {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    token: String,
+}
+
+pub async fn server(args: ServerArgs) -> Result<ExitCode> {
+    serve::run(args).await
+}
+
+pub async fn repo(cmd: RepoCommand) -> Result<ExitCode> {
+    match cmd {
+        RepoCommand::Add {
+            name,
+            url,
+            branch,
+            poll_seconds,
+            webhook_secret,
+            webhook_secret_file,
+            client,
+        } => {
+            let api = ApiClient::new(&client)?;
+            let secret = match (webhook_secret, webhook_secret_file) {
+                (_, Some(path)) => Some(read_secret_file(&path)?),
+                (Some(secret), None) => Some(secret.expose().to_owned()),
+                (None, None) => None,
+            };
+            if secret.as_deref().is_some_and(str::is_empty) {
+                bail!("the webhook secret is empty");
+            }
+            let mut body = json!({ "name": name, "url": url });
+            if let Some(branch) = branch {
+                body["branch"] = json!(branch);
+            }
+            if let Some(poll) = poll_seconds {
+                body["poll_seconds"] = json!(poll);
+            }
+            if let Some(secret) = secret {
+                body["webhook_secret"] = json!(secret);
+            }
+            let _: Value = api.post("/api/repos", Some(&body)).await?;
+            eprintln!("added repository {name}");
+        }
+        RepoCommand::Ls { json, client } => {
+            let api = ApiClient::new(&client)?;
+            let repos: Value = api.get("/api/repos").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&repos)?);
+            } else {
+                let rows: Vec<table::RepoRow> = serde_json::from_value(repos)
+                    .context("the server's repository list is not in the expected shape")?;
+                print!("{}", table::repos(&rows));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The secret in `path`, without the trailing newline editors add.
+fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the webhook secret from {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+pub async fn trigger(args: TriggerArgs) -> Result<ExitCode> {
+    let api = ApiClient::new(&args.client)?;
+    let mut body = json!({});
+    if let Some(git_ref) = args.git_ref {
+        body["git_ref"] = json!(git_ref);
+    }
+    if let Some(commit) = args.commit {
+        body["commit"] = json!(commit);
+    }
+    let created: Created = api
+        .post(
+            &format!("/api/repos/{}/jobs", path_segment(&args.name)?),
+            Some(&body),
+        )
+        .await?;
+    println!("{}", created.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn runner_token(cmd: RunnerTokenCommand) -> Result<ExitCode> {
+    match cmd {
+        RunnerTokenCommand::Create { client } => {
+            let api = ApiClient::new(&client)?;
+            let created: NewToken = api.post("/api/runner-tokens", None).await?;
+            println!("{}", created.token);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn jobs(cmd: JobsCommand) -> Result<ExitCode> {
+    match cmd {
+        JobsCommand::Ls { json, client } => {
+            let api = ApiClient::new(&client)?;
+            let jobs: Value = api.get("/api/jobs").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                let rows: Vec<table::JobRow> = serde_json::from_value(jobs)
+                    .context("the server's job list is not in the expected shape")?;
+                print!("{}", table::jobs(&rows, SystemTime::now()));
+            }
+        }
+        JobsCommand::Show { id, client } => {
+            let api = ApiClient::new(&client)?;
+            let job: Value = api.get(&format!("/api/jobs/{id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
+        JobsCommand::Logs { id, follow, client } => {
+            let api = ApiClient::new(&client)?;
+            return if follow {
+                logs::follow(&api, id).await
+            } else {
+                logs::print(&api, id).await
+            };
+        }
+        JobsCommand::Cancel { id, client } => {
+            let api = ApiClient::new(&client)?;
+            let _: Value = api.post(&format!("/api/jobs/{id}/cancel"), None).await?;
+            eprintln!("cancelled job {id}");
+        }
+        JobsCommand::Retry { id, client } => {
+            let api = ApiClient::new(&client)?;
+            let created: Created = api.post(&format!("/api/jobs/{id}/retry"), None).await?;
+            println!("{}", created.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A repository name as one URL path segment. Names are plain (the server
+/// allows A-Z a-z 0-9 - _ .), so anything else is refused here rather than
+/// escaped into a different path.
+fn path_segment(name: &str) -> Result<&str> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        Ok(name)
+    } else {
+        bail!("repository name {name:?} must be made of A-Z a-z 0-9 - _ .")
+    }
+}

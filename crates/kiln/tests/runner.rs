@@ -1,0 +1,845 @@
+//! `kiln runner` against a real server: a kiln_server::Server in this
+//! process (on its own runtime, so it can be stopped outright and started
+//! again on the same port and data), real git repositories in temp dirs,
+//! the real `kiln` binary as the runner, real runc containers.
+//!
+//! Needs root and runc for everything but the git failure test (set
+//! KILN_REQUIRE_RUNC to fail instead of skipping without them).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{privileged, text, Env};
+use serde_json::{json, Value};
+
+/// A server on 127.0.0.1 with its own runtime: dropping the runtime drops
+/// every connection, as a killed server process would.
+struct TestServer {
+    data: PathBuf,
+    addr: SocketAddr,
+    admin: String,
+    lost_after: Duration,
+    runtime: Option<tokio::runtime::Runtime>,
+    client: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    fn start(data: &Path, lost_after: Duration) -> TestServer {
+        let (runtime, addr, admin) = serve(data, "127.0.0.1:0".parse().unwrap(), lost_after);
+        TestServer {
+            data: data.to_owned(),
+            addr,
+            admin: admin.expect("a new data dir makes an admin token"),
+            lost_after,
+            runtime: Some(runtime),
+            client: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            // No kept-alive connections: they would not survive a restart.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: the listener and every open connection go.
+    fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Serves again on the same port and data directory.
+    fn restart(&mut self) {
+        assert!(self.runtime.is_none());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let bound = std::panic::catch_unwind(|| serve(&self.data, self.addr, self.lost_after));
+            match bound {
+                Ok((runtime, _, _)) => {
+                    self.runtime = Some(runtime);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(_) => panic!("could not listen on {} again", self.addr),
+            }
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url());
+        self.client.block_on(async {
+            let mut request = self.http.request(method, url).bearer_auth(&self.admin);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("server answers");
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap();
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, value)
+        })
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.call(reqwest::Method::POST, path, Some(body));
+        assert!(
+            (200..300).contains(&status),
+            "POST {path}: {status} {value}"
+        );
+        value
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, value) = self.call(reqwest::Method::GET, path, None);
+        assert_eq!(status, 200, "GET {path}: {value}");
+        value
+    }
+
+    fn add_repo(&self, name: &str, url: &Path) {
+        self.post(
+            "/api/repos",
+            json!({"name": name, "url": url.to_str().unwrap(), "poll_seconds": 0}),
+        );
+    }
+
+    fn trigger(&self, repo: &str, commit: &str) -> i64 {
+        self.post(
+            &format!("/api/repos/{repo}/jobs"),
+            json!({"commit": commit}),
+        )["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    fn registration_token(&self) -> String {
+        self.post("/api/runner-tokens", json!({}))["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn job(&self, id: i64) -> Value {
+        self.get(&format!("/api/jobs/{id}"))
+    }
+
+    fn logs(&self, id: i64) -> Vec<Value> {
+        self.get(&format!("/api/jobs/{id}/logs"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The job's JSON once its status is one of `statuses`.
+    fn wait_status(
+        &self,
+        id: i64,
+        statuses: &[&str],
+        limit: Duration,
+        runner: &RunnerProcess,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let job = self.job(id);
+            if statuses.contains(&job["status"].as_str().unwrap_or("")) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is still {} after {limit:?}\nlog: {:?}\nrunner: {}",
+                job["status"],
+                joined(&self.logs(id), None),
+                runner.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the current attempt's log contains `needle`.
+    fn wait_log(&self, id: i64, needle: &str, limit: Duration, runner: &RunnerProcess) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if joined(&self.logs(id), None).contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}'s log never showed {needle:?}: {:?}\nrunner: {}",
+                joined(&self.logs(id), None),
+                runner.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds on `addr` in a runtime of its own and serves there.
+fn serve(
+    data: &Path,
+    addr: SocketAddr,
+    lost_after: Duration,
+) -> (tokio::runtime::Runtime, SocketAddr, Option<String>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = kiln_server::ServerConfig::new(data);
+    config.listen = addr;
+    config.lost_after = lost_after;
+    let mut server = runtime
+        .block_on(kiln_server::Server::bind(config))
+        .expect("bind");
+    let addr = server.local_addr().unwrap();
+    let admin = server
+        .take_initial_admin_token()
+        .map(|token| token.expose().to_owned());
+    runtime.spawn(async move {
+        let _ = server.serve().await;
+    });
+    (runtime, addr, admin)
+}
+
+/// `kiln runner` as a child process; its stderr goes to a file.
+struct RunnerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RunnerProcess {
+    fn start(env: &Env, server: &TestServer, name: &str) -> RunnerProcess {
+        RunnerProcess::start_with(env, server, name, &[])
+    }
+
+    fn start_with(env: &Env, server: &TestServer, name: &str, args: &[&str]) -> RunnerProcess {
+        let log = env.path(&format!("runner-{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["runner", "--server", &server.url(), "--name", name])
+            .arg("--store")
+            .arg(env.store())
+            .arg("--work")
+            .arg(env.path("work"))
+            .args(args)
+            .env("KILN_RUNNER_TOKEN", server.registration_token())
+            .env_remove("KILN_LOG")
+            .env_remove("KILN_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        RunnerProcess { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal with kill(1).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Its exit status; it must exit within 30 s.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runner did not stop: {}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunnerProcess {
+    /// After a failed assertion: two signals cancel the runner's jobs (and
+    /// kill their containers) before it exits; SIGKILL only as a last resort,
+    /// since it would leave containers behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            for signal in ["TERM", "TERM"] {
+                let _ = Command::new("kill")
+                    .args([format!("-{signal}"), self.child.id().to_string()])
+                    .status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A git repository holding `kiln.star` (and `files`), one commit on main.
+fn git_repo(dir: &Path, kiln_star: &str, files: &[(&str, &str)]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("kiln.star"), kiln_star).unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "."]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.test",
+            "commit",
+            "-q",
+            "-m",
+            "ci",
+        ],
+    );
+    git(dir, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {:?}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The data of the chunks of `stream` (all streams when `None`), in order.
+fn joined(chunks: &[Value], stream: Option<&str>) -> String {
+    chunks
+        .iter()
+        .filter(|c| stream.is_none_or(|s| c["stream"] == s))
+        .map(|c| c["data"].as_str().unwrap_or(""))
+        .collect()
+}
+
+/// Asserts seq runs 0, 1, 2, ... without gap or repeat.
+fn assert_contiguous(chunks: &[Value]) {
+    let seqs: Vec<i64> = chunks.iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(
+        seqs, expected,
+        "seq must count from 0 without gaps or repeats"
+    );
+}
+
+/// Whether `sleep MARKER` is alive anywhere (zombies excluded).
+fn sleeper_alive(marker: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(Result::ok).any(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        !zombie && args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
+    })
+}
+
+/// Waits for `sleep MARKER` to run: it follows an `echo started` in the
+/// step, so the log may show that a moment before.
+fn wait_sleeping(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sleeper_alive(marker) {
+        assert!(Instant::now() < deadline, "the step never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Containers runc knows under the store's state root.
+fn runc_containers(store: &Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(store.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+const STEP_CI: &str = r#"
+def ci(source: Directory) -> str:
+    """Prints the message from the repository."""
+    return (
+        container("busybox:test")
+        .with_directory("/src", source)
+        .with_workdir("/src")
+        .with_exec(["sh", "-c", "echo one; echo two >&2; cat message.txt; echo three"])
+        .stdout()
+    )
+"#;
+
+#[test]
+fn a_job_runs_streams_its_log_and_steps_and_shares_the_cache_with_kiln_run() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, STEP_CI, &[("message.txt", "hello from git\n")]);
+    server.add_repo("app", &repo);
+    let mut runner = RunnerProcess::start(&env, &server, "r1");
+
+    let id = server.trigger("app", &commit);
+    let job = server.wait_status(
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(120),
+        &runner,
+    );
+    let logs = server.logs(id);
+    assert_eq!(job["status"], "succeeded", "{:?}", joined(&logs, None));
+    assert_eq!(job["runner_name"], "r1");
+    assert_eq!(job["attempt"], 1);
+    assert_contiguous(&logs);
+    assert_eq!(
+        joined(&logs, Some("stdout")),
+        "one\nhello from git\nthree\n"
+    );
+    assert_eq!(joined(&logs, Some("stderr")), "two\n");
+    let system = joined(&logs, Some("system"));
+    assert!(
+        system.contains(&format!("checked out {commit}")),
+        "{system}"
+    );
+    assert!(system.contains("ci succeeded"), "{system}");
+    assert!(
+        system.contains("hello from git"),
+        "the result is in the log: {system}"
+    );
+    // The step's lines frame its output, as `--progress plain` prints them.
+    let all = joined(&logs, None);
+    let started = all.find("exec sh -c").expect("the step's start line");
+    let output = all.find("hello from git").unwrap();
+    let done = started + all[started..].find(" DONE ").expect("the step's end line");
+    assert!(started < output && output < done, "{all}");
+
+    let steps = job["steps"].as_array().expect("steps").clone();
+    let exec = steps
+        .iter()
+        .find(|s| s["name"].as_str().unwrap_or("").contains("echo one"))
+        .unwrap_or_else(|| panic!("the exec step is reported: {steps:?}"));
+    assert_eq!(exec["status"], "succeeded", "{exec}");
+    assert_eq!(exec["cached"], false);
+    assert!(exec["duration_ms"].as_f64().unwrap() > 0.0, "{exec}");
+    assert!(!exec["key"].as_str().unwrap().is_empty());
+    // The checkout is gone.
+    assert!(
+        std::fs::read_dir(env.path("work"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the job's checkout is removed"
+    );
+
+    // `kiln run` of the same commit on the same store runs nothing.
+    let clone = env.path("clone");
+    git(
+        env.dir.path(),
+        &[
+            "clone",
+            "-q",
+            repo.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    let run = env.kiln(&["run", "-m", clone.to_str().unwrap(), "--progress", "plain"]);
+    let (stdout, stderr) = text(&run);
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(stdout, "one\nhello from git\nthree\n");
+    let step_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(!step_lines.is_empty(), "{stderr}");
+    assert!(
+        step_lines.iter().all(|l| l.contains(" CACHED ")),
+        "every step of the local run is a cache hit:\n{stderr}"
+    );
+
+    // A second job of the same commit is all cache hits too.
+    let again = server.trigger("app", &commit);
+    let job = server.wait_status(
+        again,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+        &runner,
+    );
+    assert_eq!(job["status"], "succeeded");
+    let steps = job["steps"].as_array().unwrap();
+    assert!(
+        !steps.is_empty()
+            && steps
+                .iter()
+                .all(|s| s["cached"] == true && s["status"] == "cached"),
+        "{steps:?}"
+    );
+
+    let status = runner.terminate();
+    assert!(status.success(), "{}", runner.output());
+    assert!(runner.output().contains("stopped"), "{}", runner.output());
+}
+
+#[test]
+fn a_commit_git_cannot_fetch_fails_the_job_with_gits_error_in_the_log() {
+    // No container runs: this needs neither root nor runc.
+    let env = Env::empty();
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let repo = env.path("repo");
+    git_repo(&repo, STEP_CI, &[]);
+    server.add_repo("app", &repo);
+    let runner = RunnerProcess::start(&env, &server, "r1");
+
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let id = server.trigger("app", missing);
+    let job = server.wait_status(
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+        &runner,
+    );
+    assert_eq!(job["status"], "failed");
+    let logs = server.logs(id);
+    assert_contiguous(&logs);
+    let system = joined(&logs, Some("system"));
+    assert!(system.contains("git checkout -q --detach"), "{system}");
+    // git's own words, from its stderr.
+    assert!(
+        system.contains(missing) && system.to_lowercase().contains("fatal"),
+        "{system}"
+    );
+    assert!(joined(&logs, Some("stdout")).is_empty());
+}
+
+#[test]
+fn a_cancelled_job_has_its_container_killed_within_two_seconds() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let marker = format!("{}", 7000 + std::process::id() % 1000);
+    let kiln_star = format!(
+        r#"
+def ci(source: Directory):
+    """Sleeps."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
+"#
+    );
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, &kiln_star, &[]);
+    server.add_repo("app", &repo);
+    let mut runner = RunnerProcess::start(&env, &server, "r1");
+
+    let id = server.trigger("app", &commit);
+    server.wait_log(id, "started", Duration::from_secs(60), &runner);
+    wait_sleeping(&marker);
+    let cancelled_at = Instant::now();
+    let answer = server.post(&format!("/api/jobs/{id}/cancel"), json!({}));
+    assert_eq!(answer["status"], "cancelled");
+    loop {
+        let alive = sleeper_alive(&marker);
+        let containers = runc_containers(&env.store());
+        if !alive && containers.is_empty() {
+            break;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "2 s after the cancel: sleeper alive {alive}, containers {containers:?}\n{}",
+            runner.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "container gone {:?} after the cancel",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(server.job(id)["status"], "cancelled");
+
+    // The runner carries on with the next job.
+    let next = server.trigger("app", &commit);
+    server.wait_log(next, "started", Duration::from_secs(60), &runner);
+    wait_sleeping(&marker);
+    server.post(&format!("/api/jobs/{next}/cancel"), json!({}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sleeper_alive(&marker) {
+        assert!(Instant::now() < deadline, "{}", runner.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        runner.output().contains(&format!("job {id} dropped")),
+        "{}",
+        runner.output()
+    );
+    assert!(runner.terminate().success());
+}
+
+#[test]
+fn a_job_of_a_killed_runner_finishes_on_another() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(3));
+    let kiln_star = r#"
+def ci(source: Directory):
+    """Takes a while."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo begin; sleep 3; echo end"])
+"#;
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, kiln_star, &[]);
+    server.add_repo("app", &repo);
+    let mut first = RunnerProcess::start(&env, &server, "first");
+
+    let id = server.trigger("app", &commit);
+    server.wait_log(id, "begin", Duration::from_secs(60), &first);
+    assert_eq!(server.job(id)["runner_name"], "first");
+    let mut second = RunnerProcess::start(&env, &server, "second");
+    first.child.kill().unwrap(); // SIGKILL: no goodbye
+    first.child.wait().unwrap();
+
+    let job = server.wait_status(
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+        &second,
+    );
+    let logs = server.logs(id);
+    assert_eq!(job["status"], "succeeded", "{:?}", joined(&logs, None));
+    assert_eq!(job["runner_name"], "second");
+    assert_eq!(job["attempt"], 2);
+    assert_contiguous(&logs);
+    assert_eq!(joined(&logs, Some("stdout")), "begin\nend\n");
+    assert!(joined(&logs, Some("system")).contains("attempt 2"));
+    assert!(second.terminate().success());
+}
+
+#[test]
+fn a_server_restart_mid_job_loses_and_repeats_no_log_chunk() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let mut server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let kiln_star = r#"
+def ci(source: Directory):
+    """Prints a line every 50 ms for a few seconds."""
+    return container("busybox:test").with_exec(
+        ["sh", "-c", "echo begin; i=0; while [ $i -lt 80 ]; do i=$((i+1)); echo line $i; sleep 0.05; done; echo end"]
+    )
+"#;
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, kiln_star, &[]);
+    server.add_repo("app", &repo);
+    let mut runner = RunnerProcess::start(&env, &server, "r1");
+
+    let id = server.trigger("app", &commit);
+    server.wait_log(id, "line 3\n", Duration::from_secs(60), &runner);
+    server.stop();
+    // The job runs on, its output piling up in the runner.
+    std::thread::sleep(Duration::from_millis(1500));
+    server.restart();
+
+    let job = server.wait_status(
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+        &runner,
+    );
+    let logs = server.logs(id);
+    assert_eq!(job["status"], "succeeded", "{:?}", joined(&logs, None));
+    assert_eq!(job["attempt"], 1, "the runner was not lost");
+    assert_contiguous(&logs);
+    let mut expected = String::from("begin\n");
+    for i in 1..=80 {
+        expected.push_str(&format!("line {i}\n"));
+    }
+    expected.push_str("end\n");
+    assert_eq!(joined(&logs, Some("stdout")), expected);
+    let output = runner.output();
+    assert_eq!(output.matches("cannot reach").count(), 1, "{output}");
+    assert_eq!(output.matches("answers again").count(), 1, "{output}");
+    assert!(runner.terminate().success());
+}
+
+#[test]
+fn sigterm_lets_the_running_job_finish_and_a_second_one_cancels_it() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let marker = format!("{}", 8000 + std::process::id() % 1000);
+    let slow = env.path("slow");
+    let slow_commit = git_repo(
+        &slow,
+        r#"
+def ci(source: Directory):
+    """Takes two seconds."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo begin; sleep 2; echo end"])
+"#,
+        &[],
+    );
+    let sleepy = env.path("sleepy");
+    let sleepy_commit = git_repo(
+        &sleepy,
+        &format!(
+            r#"
+def ci(source: Directory):
+    """Sleeps for good."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
+"#
+        ),
+        &[],
+    );
+    server.add_repo("slow", &slow);
+    server.add_repo("sleepy", &sleepy);
+
+    // First signal: the running job finishes, no new one is taken.
+    let mut runner = RunnerProcess::start(&env, &server, "r1");
+    let finishing = server.trigger("slow", &slow_commit);
+    server.wait_log(finishing, "begin", Duration::from_secs(60), &runner);
+    runner.signal("TERM");
+    let waiting = server.trigger("sleepy", &sleepy_commit);
+    let status = runner.wait_exit();
+    assert!(status.success(), "{}", runner.output());
+    assert_eq!(server.job(finishing)["status"], "succeeded");
+    assert_eq!(
+        joined(&server.logs(finishing), Some("stdout")),
+        "begin\nend\n"
+    );
+    assert_eq!(
+        server.job(waiting)["status"],
+        "queued",
+        "{}",
+        runner.output()
+    );
+
+    // Second signal: the running job is cancelled, reported as failed.
+    let mut runner = RunnerProcess::start(&env, &server, "r2");
+    server.wait_log(waiting, "started", Duration::from_secs(60), &runner);
+    wait_sleeping(&marker);
+    runner.signal("INT");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sleeper_alive(&marker), "one signal leaves the job running");
+    runner.signal("INT");
+    let status = runner.wait_exit();
+    assert!(status.success(), "{}", runner.output());
+    assert!(!sleeper_alive(&marker));
+    assert_eq!(server.job(waiting)["status"], "failed");
+    let logs = server.logs(waiting);
+    assert_contiguous(&logs);
+    assert!(
+        joined(&logs, Some("system")).contains("cancelled: the runner is shutting down"),
+        "{:?}",
+        joined(&logs, None)
+    );
+}
+
+#[test]
+fn two_slots_run_two_jobs_at_once_each_on_its_own_engine() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let mut jobs = Vec::new();
+    for name in ["left", "right"] {
+        let repo = env.path(name);
+        // Different commands: neither job can take the other's result.
+        let commit = git_repo(
+            &repo,
+            &format!(
+                r#"
+def ci(source: Directory):
+    """Waits for the other job."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo begin {name}; sleep 2; echo end {name}"])
+"#
+            ),
+            &[],
+        );
+        server.add_repo(name, &repo);
+        jobs.push((name, commit));
+    }
+    let mut runner = RunnerProcess::start_with(&env, &server, "r1", &["--concurrency", "2"]);
+    let ids: Vec<i64> = jobs
+        .iter()
+        .map(|(name, commit)| server.trigger(name, commit))
+        .collect();
+    // Both run at once: each has begun while neither has ended.
+    for (id, (name, _)) in ids.iter().zip(&jobs) {
+        server.wait_log(
+            *id,
+            &format!("begin {name}"),
+            Duration::from_secs(60),
+            &runner,
+        );
+    }
+    for id in &ids {
+        let log = joined(&server.logs(*id), Some("stdout"));
+        assert!(
+            !log.contains("end"),
+            "the jobs ran one after the other: {log}"
+        );
+    }
+    for (id, (name, _)) in ids.iter().zip(&jobs) {
+        let job = server.wait_status(
+            *id,
+            &["succeeded", "failed"],
+            Duration::from_secs(60),
+            &runner,
+        );
+        let logs = server.logs(*id);
+        assert_eq!(job["status"], "succeeded", "{:?}", joined(&logs, None));
+        assert_contiguous(&logs);
+        assert_eq!(
+            joined(&logs, Some("stdout")),
+            format!("begin {name}\nend {name}\n")
+        );
+    }
+    assert!(runner.terminate().success());
+}
