@@ -2,7 +2,7 @@
 # Installs what kiln needs from Debian when it is missing: runc (the OCI
 # runtime), busybox-static (the base of the test and example images), and
 # for the registry tests docker-registry (CNCF distribution), skopeo and
-# apache2-utils (htpasswd).
+# apache2-utils (htpasswd), and git for the CI service's runners.
 set -euo pipefail
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
@@ -10,6 +10,8 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+# The CI service's runners check commits out with git.
+command -v git >/dev/null 2>&1 || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   if [ "$(id -u)" -ne 0 ]; then

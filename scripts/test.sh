@@ -16,6 +16,10 @@ cargo test --workspace --doc --quiet
 # Timing is judged by `bench/compare w1` outside CI.
 cargo build --quiet -p kiln --bins
 python3 bench/compare w1 --quick --kiln target/debug/kiln --work "$(mktemp -d)/w1"
+# The dispatch benchmark in its quick mode: a server, 2 runners, 20 jobs, each
+# run exactly once and successfully; 20 idle runner connections held open.
+# Latency and the 500-runner figures are judged by `bench/dispatch` outside CI.
+python3 bench/dispatch --quick --kiln target/debug/kiln
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
