@@ -11,10 +11,12 @@
 //!    the server cannot be reached a slot backs off (100 ms, doubling, at
 //!    most 2 s); one line says the server is unreachable, one that it is back.
 //! 3. **Check out** the job's commit into `WORK/job-ID-ATTEMPT`, a fresh
-//!    directory removed after the job (`git init`, a shallow fetch of the
-//!    commit, or of the ref when the job names no commit, a detached
-//!    checkout; a full fetch when the server refuses a bare sha). A git
-//!    failure fails the job, with git's stderr in the log.
+//!    directory removed after the job, from a bare mirror of the repository
+//!    under `WORK/mirrors/` (see [`checkout`]): a commit the mirror has is
+//!    not fetched again; otherwise a shallow fetch of the commit, or of the
+//!    ref when the job names no commit, and a full fetch when the remote
+//!    refuses a bare sha. A git failure fails the job, with git's stderr in
+//!    the log.
 //! 4. **Run `ci`** through [`crate::pipeline::call_function`], the same path
 //!    as `kiln run` (same engine setup and store, kiln.lock read the same
 //!    way, `source` = the checkout), so a job's cache keys are those of a

@@ -470,14 +470,12 @@ fn a_job_runs_streams_its_log_and_steps_and_shares_the_cache_with_kiln_run() {
     assert_eq!(exec["cached"], false);
     assert!(exec["duration_ms"].as_f64().unwrap() > 0.0, "{exec}");
     assert!(!exec["key"].as_str().unwrap().is_empty());
-    // The checkout is gone.
-    assert!(
-        std::fs::read_dir(env.path("work"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "the job's checkout is removed"
-    );
+    // The checkout is gone; the repository's mirror stays for the next job.
+    let left: Vec<_> = std::fs::read_dir(env.path("work"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["mirrors"], "the job's checkout is removed");
 
     // `kiln run` of the same commit on the same store runs nothing.
     let clone = env.path("clone");
@@ -524,6 +522,69 @@ fn a_job_runs_streams_its_log_and_steps_and_shares_the_cache_with_kiln_run() {
     assert!(runner.output().contains("stopped"), "{}", runner.output());
 }
 
+/// A `ci` that needs no container: prints which version of the tree it sees.
+const READ_CI: &str = r#"
+def ci(source: Directory) -> str:
+    """Reads a file of the checkout."""
+    return source.file("version.txt").contents()
+"#;
+
+#[test]
+fn commits_come_from_the_runners_mirror_once_fetched() {
+    // No container runs: this needs neither root nor runc.
+    let env = Env::empty();
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let repo = env.path("repo");
+    let first = git_repo(&repo, READ_CI, &[("version.txt", "first\n")]);
+    server.add_repo("app", &repo);
+    let runner = RunnerProcess::start(&env, &server, "r1");
+    let done = |id: i64| {
+        let job = server.wait_status(
+            id,
+            &["succeeded", "failed"],
+            Duration::from_secs(60),
+            &runner,
+        );
+        let system = joined(&server.logs(id), Some("system"));
+        assert_eq!(job["status"], "succeeded", "{system}\n{}", runner.output());
+        system
+    };
+    let log = done(server.trigger("app", &first));
+    assert!(log.contains(&format!("checked out {first}")), "{log}");
+    assert!(log.contains("first"), "{log}");
+
+    // A new commit is fetched into the mirror; a job without a commit
+    // builds the branch's head.
+    std::fs::write(repo.join("version.txt"), "second\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.test",
+            "commit",
+            "-q",
+            "-m",
+            "two",
+        ],
+    );
+    let second = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    let log = done(server.trigger("app", &second));
+    assert!(log.contains("second"), "{log}");
+    let head_job = server.post("/api/repos/app/jobs", json!({}))["id"]
+        .as_i64()
+        .unwrap();
+    let log = done(head_job);
+    assert!(log.contains(&format!("checked out {second}")), "{log}");
+
+    // With the remote gone, commits the mirror holds still build.
+    std::fs::rename(&repo, env.path("repo-moved")).unwrap();
+    let log = done(server.trigger("app", &first));
+    assert!(log.contains("first"), "{log}");
+}
+
 #[test]
 fn a_commit_git_cannot_fetch_fails_the_job_with_gits_error_in_the_log() {
     // No container runs: this needs neither root nor runc.
@@ -546,7 +607,7 @@ fn a_commit_git_cannot_fetch_fails_the_job_with_gits_error_in_the_log() {
     let logs = server.logs(id);
     assert_contiguous(&logs);
     let system = joined(&logs, Some("system"));
-    assert!(system.contains("git checkout -q --detach"), "{system}");
+    assert!(system.contains("git fetch -q"), "{system}");
     // git's own words, from its stderr.
     assert!(
         system.contains(missing) && system.to_lowercase().contains("fatal"),

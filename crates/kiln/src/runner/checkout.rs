@@ -1,19 +1,31 @@
 //! Checking a job's commit out into a fresh directory with git.
 //!
-//! `git init`, then a shallow fetch of exactly the commit (or the ref, when
-//! the job names no commit), then a detached checkout of what was fetched.
-//! Servers that refuse to hand out a commit by its bare sha (GitHub allows
-//! it, a plain `git daemon` or an old server may not) get a full fetch of
-//! branches and tags, and the commit is checked out from those.
+//! Each repository URL has a bare mirror under `WORK/mirrors/` that lives
+//! as long as the work directory. A job whose commit the mirror already has
+//! costs one `git cat-file` and one `git archive`, unpacked here: the same
+//! commit built again (a retry, another pipeline run, the dispatch
+//! benchmark) never reaches the remote. Otherwise the mirror fetches exactly
+//! the commit, shallow (or the ref, when the job names no commit); remotes
+//! that refuse to hand out a commit by its bare sha (GitHub allows it, a plain
+//! `git daemon` or an old server may not) get a full fetch of branches and
+//! tags instead. A file lock per mirror serialises fetches, also between
+//! runners sharing a work directory; unpacking only reads the mirror.
+//!
+//! The checkout holds the commit's files without a `.git` directory: the
+//! pipeline sees the tree, as `kiln run` sees a working copy.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 
-/// Checks `commit` (or `git_ref`) of `url` out into `dir`, which is
-/// replaced if it exists. Returns the commit checked out.
+/// Checks `commit` (or the head of `git_ref`) of `url` out into `dir`,
+/// which is replaced if it exists, through the mirror kept under
+/// `mirrors`. Returns the commit checked out.
 pub async fn checkout(
+    mirrors: &Path,
     dir: &Path,
     url: &str,
     commit: Option<&str>,
@@ -26,40 +38,141 @@ pub async fn checkout(
     if wanted.starts_with('-') {
         bail!("refusing to fetch {wanted:?}: it would read as a git option");
     }
+    let mirror = mirrors.join(mirror_name(url));
+    let head = {
+        let _fetching = lock_mirror(&mirror).await?;
+        fetch_into_mirror(&mirror, url, commit, git_ref).await?
+    };
     fresh_dir(dir).await?;
-    git(dir, url, &["init", "-q"]).await?;
-    match git(dir, url, &["fetch", "-q", "--depth", "1", url, wanted]).await {
-        Ok(_) => {
-            git(dir, url, &["checkout", "-q", "--detach", "FETCH_HEAD"]).await?;
-        }
-        Err(shallow) => {
-            let Some(commit) = commit else {
-                return Err(shallow);
-            };
-            let full = [
-                "fetch",
-                "-q",
-                url,
-                "+refs/heads/*:refs/remotes/origin/*",
-                "+refs/tags/*:refs/tags/*",
-            ];
-            let fetched_all = match git(dir, url, &full).await {
-                Ok(_) => git(dir, url, &["checkout", "-q", "--detach", commit]).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = fetched_all {
-                bail!("{shallow:#}\nthen, after fetching all branches and tags: {e:#}");
-            }
+    unpack_commit(&mirror, &head, dir).await?;
+    Ok(head)
+}
+
+/// One directory per URL; the name says nothing about the URL, which may
+/// hold a password.
+fn mirror_name(url: &str) -> String {
+    let digest = blake3::hash(url.as_bytes()).to_hex();
+    format!("{}.git", &digest[..32])
+}
+
+/// Creates the mirror if needed and takes its lock (released on drop).
+async fn lock_mirror(mirror: &Path) -> Result<std::fs::File> {
+    let mirror = mirror.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+        std::fs::create_dir_all(&mirror)
+            .with_context(|| format!("creating the mirror {}", mirror.display()))?;
+        let path = mirror.join("kiln-fetch.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    })
+    .await?
+}
+
+/// Makes sure the mirror holds the commit; returns its full name.
+async fn fetch_into_mirror(
+    mirror: &Path,
+    url: &str,
+    commit: Option<&str>,
+    git_ref: &str,
+) -> Result<String> {
+    if !mirror.join("HEAD").exists() {
+        git(mirror, url, &["init", "-q", "--bare"]).await?;
+        // Fetched commits hang from no ref; automatic gc must not prune them.
+        git(mirror, url, &["config", "gc.auto", "0"]).await?;
+    }
+    let Some(commit) = commit else {
+        git(
+            mirror,
+            url,
+            &["fetch", "-q", "--no-tags", "--depth", "1", url, git_ref],
+        )
+        .await?;
+        return resolve(mirror, url, "FETCH_HEAD").await;
+    };
+    if let Ok(head) = resolve(mirror, url, commit).await {
+        return Ok(head);
+    }
+    let shallow = git(
+        mirror,
+        url,
+        &["fetch", "-q", "--no-tags", "--depth", "1", url, commit],
+    )
+    .await;
+    if let Err(shallow) = &shallow {
+        let full = [
+            "fetch",
+            "-q",
+            url,
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        ];
+        if let Err(e) = git(mirror, url, &full).await {
+            bail!("{shallow:#}\nthen, fetching all branches and tags: {e:#}");
         }
     }
-    let head = git(dir, url, &["rev-parse", "HEAD"]).await?;
-    let head = head.trim().to_owned();
-    if let Some(commit) = commit {
-        if !head.starts_with(&commit.to_ascii_lowercase()) {
-            bail!("asked for commit {commit}, but git checked out {head}");
+    let head = match (resolve(mirror, url, commit).await, shallow) {
+        (Ok(head), _) => head,
+        (Err(_), Err(shallow)) => {
+            bail!("{shallow:#}\nand no branch or tag of the repository leads to commit {commit}")
         }
+        (Err(e), Ok(_)) => return Err(e.context(format!("the repository has no commit {commit}"))),
+    };
+    if !head.starts_with(&commit.to_ascii_lowercase()) {
+        bail!("asked for commit {commit}, but git found {head}");
     }
     Ok(head)
+}
+
+/// The full commit name `rev` stands for in the mirror.
+async fn resolve(mirror: &Path, url: &str, rev: &str) -> Result<String> {
+    let spec = format!("{rev}^{{commit}}");
+    let out = git(mirror, url, &["rev-parse", "-q", "--verify", &spec]).await?;
+    Ok(out.trim().to_owned())
+}
+
+/// Writes the commit's tree into `dir` from `git archive`, unpacked by the
+/// tar crate, which refuses entries that would land outside `dir`.
+async fn unpack_commit(mirror: &Path, commit: &str, dir: &Path) -> Result<()> {
+    let (mirror, commit, dir) = (mirror.to_owned(), commit.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut child = std::process::Command::new("git")
+            .args(["archive", "--format=tar", &commit])
+            .current_dir(&mirror)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .context("running git (is it installed?)")?;
+        let stdout = child.stdout.take().context("git archive has no stdout")?;
+        let mut archive = tar::Archive::new(stdout);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_mtime(false);
+        let unpacked = archive.unpack(&dir);
+        // Whatever git did not write is read and dropped, so it can exit.
+        let mut rest = archive.into_inner();
+        let _ = std::io::copy(&mut rest, &mut std::io::sink());
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        let status = child.wait().context("waiting for git archive")?;
+        if !status.success() {
+            bail!(
+                "git archive {commit} failed ({status}):\n{}",
+                stderr.trim_end()
+            );
+        }
+        unpacked.with_context(|| format!("unpacking commit {commit} into {}", dir.display()))
+    })
+    .await?
 }
 
 /// The repository URL as it may be shown: without a password in it.

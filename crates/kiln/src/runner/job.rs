@@ -197,8 +197,9 @@ async fn execute(
     log: &LogWriter,
     control: &Arc<JobControl>,
 ) -> bool {
+    let mirrors = ctx.work.join("mirrors");
     let fetched = tokio::select! {
-        fetched = checkout(&dir, &job.url, job.commit.as_deref(), &job.git_ref) => fetched,
+        fetched = checkout(&mirrors, &dir, &job.url, job.commit.as_deref(), &job.git_ref) => fetched,
         _ = control.stopped() => return false,
     };
     match fetched {
