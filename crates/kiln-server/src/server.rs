@@ -892,6 +892,9 @@ async fn record_steps(
 #[derive(Deserialize)]
 struct FinishJob {
     status: JobStatus,
+    /// The commit the runner built: kept for jobs queued without one.
+    #[serde(default)]
+    commit: Option<String>,
 }
 
 async fn finish_job(
@@ -906,10 +909,18 @@ async fn finish_job(
             body.status.as_str()
         )));
     }
+    if let Some(commit) = &body.commit {
+        let full_length = commit.len() == 40 || commit.len() == 64;
+        if !full_length || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::BadRequest(format!(
+                "job {id}: commit {commit:?} is not a full hex object name"
+            )));
+        }
+    }
     let job = own_job(&shared, runner_id, id).await?;
-    let status = body.status;
+    let (status, commit) = (body.status, body.commit);
     if !shared
-        .db(move |store| store.finish_job(runner_id, id, status))
+        .db(move |store| store.finish_job(runner_id, id, status, commit.as_deref()))
         .await?
     {
         return Err(ApiError::Conflict(format!(

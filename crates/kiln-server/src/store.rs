@@ -999,17 +999,20 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Ends a running job held by `runner_id`. Returns whether it was.
+    /// Ends a running job held by `runner_id`, recording the commit the
+    /// runner built if the job named none. Returns whether it was running.
     pub fn finish_job(
         &mut self,
         runner_id: i64,
         id: i64,
         status: JobStatus,
+        built_commit: Option<&str>,
     ) -> Result<bool, StoreError> {
         let changed = self.conn.execute(
-            "UPDATE jobs SET status = ?1, finished_at = ?2 \
+            "UPDATE jobs SET status = ?1, finished_at = ?2, \
+             commit_sha = COALESCE(commit_sha, ?5) \
              WHERE id = ?3 AND runner = ?4 AND status = 'running'",
-            params![status.as_str(), now_micros(), id, runner_id],
+            params![status.as_str(), now_micros(), id, runner_id, built_commit],
         )?;
         Ok(changed > 0)
     }
@@ -1181,7 +1184,9 @@ mod tests {
         assert_eq!(claimed.job.git_ref, "main");
         assert_eq!(claimed.url, "https://example.test/app.git");
         assert!(store.claim_next(r2).unwrap().is_none());
-        assert!(!store.finish_job(r2, id, JobStatus::Succeeded).unwrap());
+        assert!(!store
+            .finish_job(r2, id, JobStatus::Succeeded, None)
+            .unwrap());
 
         assert_eq!(store.requeue_lost(0).unwrap(), 0);
         assert_eq!(store.requeue_lost(i64::MAX).unwrap(), 1);
@@ -1191,7 +1196,14 @@ mod tests {
             (JobStatus::Queued, None, 2)
         );
         assert_eq!(store.claim_next(r2).unwrap().unwrap().job.id, id);
-        assert!(store.finish_job(r2, id, JobStatus::Failed).unwrap());
+        assert!(store
+            .finish_job(r2, id, JobStatus::Failed, Some("abc0"))
+            .unwrap());
+        assert_eq!(
+            store.job(id).unwrap().unwrap().commit_sha.as_deref(),
+            Some("abc"),
+            "a job's own commit is kept"
+        );
         assert_eq!(store.job(id).unwrap().unwrap().status, JobStatus::Failed);
     }
 

@@ -578,6 +578,11 @@ fn commits_come_from_the_runners_mirror_once_fetched() {
         .unwrap();
     let log = done(head_job);
     assert!(log.contains(&format!("checked out {second}")), "{log}");
+    assert_eq!(
+        server.job(head_job)["commit"],
+        second.as_str(),
+        "a job queued without a commit records the one it built"
+    );
 
     // With the remote gone, commits the mirror holds still build.
     std::fs::rename(&repo, env.path("repo-moved")).unwrap();

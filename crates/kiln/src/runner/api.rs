@@ -175,13 +175,19 @@ impl Api {
         self.send(request).await.map(drop)
     }
 
-    pub async fn finish(&self, job: i64, succeeded: bool) -> Result<(), CallError> {
+    /// Reports the job's end, and the commit it built if it got that far.
+    pub async fn finish(
+        &self,
+        job: i64,
+        succeeded: bool,
+        commit: Option<&str>,
+    ) -> Result<(), CallError> {
         let path = format!("/api/runner/jobs/{job}/finish");
         let status = if succeeded { "succeeded" } else { "failed" };
         let request = self.runner(
             self.http
                 .post(self.url(&path))
-                .json(&serde_json::json!({ "status": status })),
+                .json(&serde_json::json!({ "status": status, "commit": commit })),
             REQUEST_TIMEOUT,
         );
         self.send(request).await.map(drop)

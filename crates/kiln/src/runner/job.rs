@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
@@ -136,8 +136,9 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         shown_url(&job.url)
     ));
     let dir = ctx.work.join(format!("job-{}-{}", job.id, job.attempt));
+    let checked_out = OnceLock::new();
     let succeeded = {
-        let execute = execute(ctx, &job, dir.clone(), &log, &control);
+        let execute = execute(ctx, &job, dir.clone(), &log, &control, &checked_out);
         let wound_down = async {
             control.stopped().await;
             tokio::time::sleep(STOP_GRACE).await;
@@ -172,7 +173,8 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
     }
     let mut backoff = Backoff::new();
     loop {
-        match ctx.api.finish(job.id, succeeded).await {
+        let commit = checked_out.get().map(String::as_str);
+        match ctx.api.finish(job.id, succeeded, commit).await {
             Ok(()) => {
                 return JobEnd::Finished {
                     succeeded,
@@ -196,6 +198,7 @@ async fn execute(
     dir: PathBuf,
     log: &LogWriter,
     control: &Arc<JobControl>,
+    checked_out: &OnceLock<String>,
 ) -> bool {
     let mirrors = ctx.work.join("mirrors");
     let fetched = tokio::select! {
@@ -203,7 +206,10 @@ async fn execute(
         _ = control.stopped() => return false,
     };
     match fetched {
-        Ok(head) => log.system(&format!("checked out {head}")),
+        Ok(head) => {
+            log.system(&format!("checked out {head}"));
+            let _ = checked_out.set(head);
+        }
         Err(e) => {
             log.system(&format!("error: checking out the commit: {e:#}"));
             return false;
