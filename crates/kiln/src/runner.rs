@@ -16,7 +16,8 @@
 //!    not fetched again; otherwise a shallow fetch of the commit, or of the
 //!    ref when the job names no commit, and a full fetch when the remote
 //!    refuses a bare sha. A git failure fails the job, with git's stderr in
-//!    the log.
+//!    the log. A lock file beside each checkout marks it live; a runner
+//!    starting removes the checkouts of runners that were killed.
 //! 4. **Run `ci`** through [`crate::pipeline::call_function`], the same path
 //!    as `kiln run` (same engine setup and store, kiln.lock read the same
 //!    way, `source` = the checkout), so a job's cache keys are those of a
@@ -137,6 +138,13 @@ pub async fn run(setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| setup.store.join("runner-work"));
     std::fs::create_dir_all(&work)
         .with_context(|| format!("creating the work directory {}", work.display()))?;
+    let abandoned = job::remove_abandoned_checkouts(&work);
+    if abandoned > 0 {
+        eprintln!(
+            "kiln runner: removed {abandoned} checkout(s) a stopped runner left in {}",
+            work.display()
+        );
+    }
     let (phase, _) = watch::channel(Phase::Running);
     let phase = Arc::new(phase);
     let mut signals = Signals::new()?;

@@ -704,9 +704,12 @@ def ci(source: Directory):
     let id = server.trigger("app", &commit);
     server.wait_log(id, "begin", Duration::from_secs(60), &first);
     assert_eq!(server.job(id)["runner_name"], "first");
-    let mut second = RunnerProcess::start(&env, &server, "second");
     first.child.kill().unwrap(); // SIGKILL: no goodbye
     first.child.wait().unwrap();
+    let abandoned = env.path("work").join(format!("job-{id}-1"));
+    assert!(abandoned.is_dir(), "the killed runner left its checkout");
+    // Same work directory: the new runner removes the checkout nobody holds.
+    let mut second = RunnerProcess::start(&env, &server, "second");
 
     let job = server.wait_status(
         id,
@@ -722,6 +725,13 @@ def ci(source: Directory):
     assert_eq!(joined(&logs, Some("stdout")), "begin\nend\n");
     assert!(joined(&logs, Some("system")).contains("attempt 2"));
     assert!(second.terminate().success());
+
+    assert!(!abandoned.exists(), "{}", second.output());
+    assert!(
+        second.output().contains("removed 1 checkout(s)"),
+        "{}",
+        second.output()
+    );
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! stream what happens to the server, and report how it ended.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
 use kiln_starlark::Output;
 use tokio::sync::watch;
@@ -136,6 +137,15 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         shown_url(&job.url)
     ));
     let dir = ctx.work.join(format!("job-{}-{}", job.id, job.attempt));
+    // Held for as long as the checkout exists: a runner starting later
+    // removes only checkouts whose lock nobody holds.
+    let claim = match claim_checkout(&dir).await {
+        Ok(claim) => Some(claim),
+        Err(e) => {
+            log.system(&format!("warning: {e:#}"));
+            None
+        }
+    };
     let checked_out = OnceLock::new();
     let succeeded = {
         let execute = execute(ctx, &job, dir.clone(), &log, &control, &checked_out);
@@ -148,7 +158,11 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
             _ = wound_down => false,
         }
     };
-    remove_checkout(dir).await;
+    remove_checkout(dir.clone()).await;
+    if claim.is_some() {
+        let _ = std::fs::remove_file(checkout_lock(&dir));
+    }
+    drop(claim);
     match control.reason() {
         Some(StopReason::Cancelled) => {
             outbox.abandon();
@@ -285,6 +299,59 @@ fn summary(output: &Output) -> Option<String> {
         }
     };
     (!text.is_empty()).then_some(text)
+}
+
+fn checkout_lock(dir: &Path) -> PathBuf {
+    dir.with_extension("lock")
+}
+
+/// Takes the lock that marks `dir` as a live checkout (released on drop).
+async fn claim_checkout(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let lock = checkout_lock(dir);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("creating {}", lock.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", lock.display()))?;
+        Ok(file)
+    })
+    .await?
+}
+
+/// Removes the checkouts a killed runner left in `work`: those whose lock
+/// no live runner holds. Returns how many.
+pub fn remove_abandoned_checkouts(work: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("job-") || name.ends_with(".lock") {
+            continue;
+        }
+        let dir = entry.path();
+        let lock = checkout_lock(&dir);
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        else {
+            continue;
+        };
+        let free = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        if free.is_ok() && std::fs::remove_dir_all(&dir).is_ok() {
+            let _ = std::fs::remove_file(&lock);
+            removed += 1;
+        }
+    }
+    removed
 }
 
 async fn remove_checkout(dir: PathBuf) {
