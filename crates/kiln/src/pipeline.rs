@@ -330,7 +330,45 @@ struct Progress {
     renderer: Option<progress::Renderer>,
 }
 
+/// Ctrl-C (or SIGTERM) cancels the run instead of killing the process: the
+/// engine kills the running steps' containers and starts nothing more, so
+/// no container outlives `kiln`. A second signal exits at once (the next
+/// kiln process cleans up what that leaves).
+fn cancel_on_interrupt(engine: &Engine) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!(
+            "kiln: interrupted: stopping the running steps (interrupt again to quit at once)"
+        );
+        let cancelling = tokio::task::spawn_blocking(move || engine.cancel());
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        drop(cancelling);
+        std::process::exit(INTERRUPTED);
+    });
+}
+
+/// The exit status of a run stopped by Ctrl-C, as shells report it.
+const INTERRUPTED: i32 = 130;
+
 impl Watch for Progress {
+    fn opened(&mut self, engine: &Engine) {
+        cancel_on_interrupt(engine);
+    }
+
     fn calling(&mut self, engine: &Engine, name: &str, own: &OwnOptions) {
         let mode = if self.json || own.json {
             ProgressMode::Json
@@ -358,6 +396,10 @@ async fn invoke(setup: EngineSetup, call: FunctionCall, mut out: OutputArgs) -> 
         Called::Help(text) => {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
+        }
+        Called::NotStarted { engine, .. } | Called::Ran { engine, .. } if engine.is_cancelled() => {
+            eprintln!("error: interrupted");
+            Ok(ExitCode::from(INTERRUPTED as u8))
         }
         Called::NotStarted { engine, error } => fail(&engine, &error, out.json),
         Called::Ran {

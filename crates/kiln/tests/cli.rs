@@ -301,3 +301,66 @@ fn secrets_from_the_command_line_never_reach_output_or_store() {
         text(&missing)
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_running_step_and_exits_130() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let module = env.module(
+        "interrupted",
+        &[(
+            "kiln.star",
+            r#"
+def ci(source: Directory) -> str:
+    """Sleeps long enough to be interrupted."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo begin; sleep 61.5"]).stdout()
+"#,
+        )],
+    );
+    let mut child = env
+        .cmd(&["run", "-m", module.to_str().unwrap(), "--progress", "plain"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sleeping("61.5") {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupted = Instant::now();
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let took = interrupted.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!sleeping("61.5"), "the step's process is gone");
+    assert!(
+        runc_containers(&env.store()).is_empty(),
+        "no container outlives kiln"
+    );
+    assert!(mounts_under(&env.store()).is_empty());
+}
+
+/// Whether a `sleep ARG` process runs on this machine.
+fn sleeping(arg: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        !zombie && args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == arg.as_bytes()
+    })
+}
