@@ -2,7 +2,8 @@
 
 use crate::config::{DbUrl, ServerConfig};
 use crate::store::{
-    now_micros, ClaimedJob, Job, JobStatus, LogChunk, NewRepo, Principal, Step, Store, StoreError,
+    now_micros, ClaimedJob, FinishOutcome, Job, JobStatus, LogChunk, NewRepo, Principal, RunnerJob,
+    Step, Store, StoreError,
 };
 use crate::token::{Token, TokenKind};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -788,6 +789,10 @@ async fn next_job(
 struct HeartbeatBody {
     /// The jobs the runner is working on.
     jobs: Vec<i64>,
+    /// The attempt of each of `jobs`, in the same order. Runners from before
+    /// attempts were reported leave it out.
+    #[serde(default)]
+    attempts: Option<Vec<i64>>,
 }
 
 async fn heartbeat(
@@ -795,10 +800,31 @@ async fn heartbeat(
     State(shared): State<AppState>,
     Json(body): Json<HeartbeatBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let held: Vec<RunnerJob> = match &body.attempts {
+        None => body
+            .jobs
+            .iter()
+            .copied()
+            .map(RunnerJob::any_attempt)
+            .collect(),
+        Some(attempts) if attempts.len() == body.jobs.len() => body
+            .jobs
+            .iter()
+            .zip(attempts)
+            .map(|(&id, &attempt)| RunnerJob::attempt(id, attempt))
+            .collect(),
+        Some(attempts) => {
+            return Err(ApiError::BadRequest(format!(
+                "heartbeat lists {} jobs but {} attempts; expected one attempt per job",
+                body.jobs.len(),
+                attempts.len()
+            )))
+        }
+    };
     let lost_after = i64::try_from(shared.lost_after.as_micros()).unwrap_or(i64::MAX);
     let assigned_before = now_micros().saturating_sub(lost_after);
     let outcome = shared
-        .db(move |store| store.heartbeat(runner_id, &body.jobs, assigned_before))
+        .db(move |store| store.heartbeat(runner_id, &held, assigned_before))
         .await?;
     if !outcome.requeued.is_empty() {
         tracing::warn!(
@@ -809,27 +835,44 @@ async fn heartbeat(
         shared.queued.notify_waiters();
         shared.job_events.notify_waiters();
     }
-    Ok(Json(
-        serde_json::json!({ "runner_id": runner_id, "cancel": outcome.cancel }),
-    ))
+    let cancel: Vec<i64> = outcome.cancel.iter().map(|job| job.id).collect();
+    let mut answer = serde_json::json!({ "runner_id": runner_id, "cancel": cancel });
+    // Parallel to `cancel`, for a runner that may hold two attempts of a job.
+    if body.attempts.is_some() {
+        let attempts: Vec<Option<i64>> = outcome.cancel.iter().map(|job| job.attempt).collect();
+        answer["cancel_attempts"] = serde_json::json!(attempts);
+    }
+    Ok(Json(answer))
 }
 
-/// The job `id` if this runner is or was its runner; another runner's job is "not found".
-async fn own_job(shared: &AppState, runner_id: i64, id: i64) -> Result<Job, ApiError> {
-    shared
-        .db(move |store| store.runner_job(runner_id, id))
-        .await?
-        .ok_or_else(|| not_held(runner_id, id))
+/// `?attempt=N` on a runner's posts about a job: which attempt they are for.
+#[derive(Deserialize)]
+struct AttemptQuery {
+    attempt: Option<i64>,
 }
 
-fn not_held(runner_id: i64, id: i64) -> ApiError {
-    ApiError::NotFound(format!("running job {id} of runner {runner_id}"))
+impl AttemptQuery {
+    fn job(&self, id: i64) -> RunnerJob {
+        RunnerJob {
+            id,
+            attempt: self.attempt,
+        }
+    }
+}
+
+fn not_held(runner_id: i64, job: RunnerJob) -> ApiError {
+    let id = job.id;
+    ApiError::NotFound(match job.attempt {
+        Some(attempt) => format!("running job {id} attempt {attempt} of runner {runner_id}"),
+        None => format!("running job {id} of runner {runner_id}"),
+    })
 }
 
 async fn append_logs(
     RunnerAuth(runner_id): RunnerAuth,
     State(shared): State<AppState>,
     Path(id): Path<i64>,
+    Query(query): Query<AttemptQuery>,
     Json(chunks): Json<Vec<LogChunk>>,
 ) -> Result<impl IntoResponse, ApiError> {
     for chunk in &chunks {
@@ -847,11 +890,12 @@ async fn append_logs(
         }
     }
     let count = chunks.len();
+    let job = query.job(id);
     if !shared
-        .db(move |store| store.append_logs(runner_id, id, &chunks))
+        .db(move |store| store.append_logs(runner_id, job, &chunks))
         .await?
     {
-        return Err(not_held(runner_id, id));
+        return Err(not_held(runner_id, job));
     }
     shared.job_events.notify_waiters();
     Ok(Json(serde_json::json!({ "received": count })))
@@ -861,6 +905,7 @@ async fn record_steps(
     RunnerAuth(runner_id): RunnerAuth,
     State(shared): State<AppState>,
     Path(id): Path<i64>,
+    Query(query): Query<AttemptQuery>,
     Json(steps): Json<Vec<Step>>,
 ) -> Result<impl IntoResponse, ApiError> {
     for step in &steps {
@@ -880,11 +925,12 @@ async fn record_steps(
         }
     }
     let count = steps.len();
+    let job = query.job(id);
     if !shared
-        .db(move |store| store.record_steps(runner_id, id, &steps))
+        .db(move |store| store.record_steps(runner_id, job, &steps))
         .await?
     {
-        return Err(not_held(runner_id, id));
+        return Err(not_held(runner_id, job));
     }
     Ok(Json(serde_json::json!({ "received": count })))
 }
@@ -901,6 +947,7 @@ async fn finish_job(
     RunnerAuth(runner_id): RunnerAuth,
     State(shared): State<AppState>,
     Path(id): Path<i64>,
+    Query(query): Query<AttemptQuery>,
     Json(body): Json<FinishJob>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !matches!(body.status, JobStatus::Succeeded | JobStatus::Failed) {
@@ -917,16 +964,20 @@ async fn finish_job(
             )));
         }
     }
-    let job = own_job(&shared, runner_id, id).await?;
     let (status, commit) = (body.status, body.commit);
-    if !shared
-        .db(move |store| store.finish_job(runner_id, id, status, commit.as_deref()))
+    let job = query.job(id);
+    match shared
+        .db(move |store| store.finish_job(runner_id, job, status, commit.as_deref()))
         .await?
     {
-        return Err(ApiError::Conflict(format!(
-            "job {id} is {}, not running",
-            job.status.as_str()
-        )));
+        FinishOutcome::Finished => {}
+        FinishOutcome::NotHeld => return Err(not_held(runner_id, job)),
+        FinishOutcome::NotRunning(now) => {
+            return Err(ApiError::Conflict(format!(
+                "job {id} is {}, not running",
+                now.as_str()
+            )))
+        }
     }
     shared.job_events.notify_waiters();
     tracing::info!(

@@ -284,12 +284,52 @@ pub struct Step {
     pub duration_ms: Option<f64>,
 }
 
+/// A job as a runner names it: by id, and by attempt when the runner says
+/// which (runners from before attempts were reported do not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunnerJob {
+    pub id: i64,
+    pub attempt: Option<i64>,
+}
+
+impl RunnerJob {
+    /// A job named by id only: whatever attempt is current.
+    pub fn any_attempt(id: i64) -> RunnerJob {
+        RunnerJob { id, attempt: None }
+    }
+
+    pub fn attempt(id: i64, attempt: i64) -> RunnerJob {
+        RunnerJob {
+            id,
+            attempt: Some(attempt),
+        }
+    }
+
+    /// Whether this names attempt `current` of job `id`.
+    fn names(&self, id: i64, current: i64) -> bool {
+        self.id == id && self.attempt.is_none_or(|attempt| attempt == current)
+    }
+}
+
+/// How a runner's `finish` went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishOutcome {
+    /// The job ended with the status given.
+    Finished,
+    /// The runner does not hold the job, or named an attempt that is not
+    /// the current one.
+    NotHeld,
+    /// The job is the runner's but no longer running (cancelled, finished).
+    NotRunning(JobStatus),
+}
+
 /// What a heartbeat tells and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Heartbeat {
-    /// Jobs the runner listed that it must stop: cancelled, finished, or no
-    /// longer its own.
-    pub cancel: Vec<i64>,
+    /// Jobs the runner listed that it must stop: cancelled, finished, no
+    /// longer its own, or an attempt that is not the current one. Each as
+    /// the runner listed it, once.
+    pub cancel: Vec<RunnerJob>,
     /// Jobs assigned to the runner that it did not list, put back in the queue.
     pub requeued: Vec<i64>,
 }
@@ -377,15 +417,21 @@ fn job_in(conn: &Connection, id: i64) -> Result<Option<Job>, StoreError> {
     .transpose()
 }
 
-/// The attempt of job `id` if `runner_id` holds it: assigned to it and running.
-fn held_attempt(conn: &Connection, runner_id: i64, id: i64) -> Result<Option<i64>, StoreError> {
-    Ok(conn
+/// The current attempt of `job` if `runner_id` holds it (assigned to it and
+/// running) and it is the attempt the runner named, if it named one.
+fn held_attempt(
+    conn: &Connection,
+    runner_id: i64,
+    job: RunnerJob,
+) -> Result<Option<i64>, StoreError> {
+    let current: Option<i64> = conn
         .query_row(
             "SELECT attempt FROM jobs WHERE id = ?1 AND runner = ?2 AND status = 'running'",
-            params![id, runner_id],
+            params![job.id, runner_id],
             |row| row.get(0),
         )
-        .optional()?)
+        .optional()?;
+    Ok(current.filter(|&current| job.names(job.id, current)))
 }
 
 fn insert_job(
@@ -813,18 +859,14 @@ impl Store {
         Ok(Some(ClaimedJob { job, url }))
     }
 
-    /// The job `id` if `runner_id` is or was its runner.
-    pub fn runner_job(&self, runner_id: i64, id: i64) -> Result<Option<Job>, StoreError> {
-        Ok(self.job(id)?.filter(|job| job.runner == Some(runner_id)))
-    }
-
     /// Stores log chunks under the current attempt of a job `runner_id`
     /// holds (assigned and running); a chunk whose seq is already stored is
-    /// skipped. `false` if the runner does not hold the job.
+    /// skipped. `false` if the runner does not hold the job, or names an
+    /// attempt that is not the current one.
     pub fn append_logs(
         &mut self,
         runner_id: i64,
-        job: i64,
+        named: RunnerJob,
         chunks: &[LogChunk],
     ) -> Result<bool, StoreError> {
         // Immediate: the check and the inserts see the same attempt even if
@@ -832,9 +874,10 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(attempt) = held_attempt(&tx, runner_id, job)? else {
+        let Some(attempt) = held_attempt(&tx, runner_id, named)? else {
             return Ok(false);
         };
+        let job = named.id;
         {
             let mut stmt = tx.prepare(
                 "INSERT INTO log_chunks (job, attempt, seq, stream, data) \
@@ -888,19 +931,20 @@ impl Store {
 
     /// Records steps of the current attempt of a job `runner_id` holds; a
     /// step sent again replaces the one stored. `false` if the runner does
-    /// not hold the job.
+    /// not hold the job, or names an attempt that is not the current one.
     pub fn record_steps(
         &mut self,
         runner_id: i64,
-        job: i64,
+        named: RunnerJob,
         steps: &[Step],
     ) -> Result<bool, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(attempt) = held_attempt(&tx, runner_id, job)? else {
+        let Some(attempt) = held_attempt(&tx, runner_id, named)? else {
             return Ok(false);
         };
+        let job = named.id;
         {
             let mut stmt = tx.prepare(
                 "INSERT INTO steps \
@@ -959,33 +1003,38 @@ impl Store {
     /// A runner's heartbeat, listing the jobs it `held`: says which of them to
     /// stop, and requeues (attempt + 1) the running jobs assigned to it before
     /// `assigned_before` that it did not list, since its `next` answer for
-    /// them was lost.
+    /// them was lost. Listing an older attempt of a job is not listing the
+    /// current one: that older attempt is stopped, and the current one is
+    /// requeued like any other unlisted job.
     pub fn heartbeat(
         &mut self,
         runner_id: i64,
-        held: &[i64],
+        held: &[RunnerJob],
         assigned_before: i64,
     ) -> Result<Heartbeat, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcome = Heartbeat::default();
-        for &id in held {
-            if held_attempt(&tx, runner_id, id)?.is_none() && !outcome.cancel.contains(&id) {
-                outcome.cancel.push(id);
+        for &job in held {
+            if held_attempt(&tx, runner_id, job)?.is_none() && !outcome.cancel.contains(&job) {
+                outcome.cancel.push(job);
             }
         }
-        let assigned: Vec<(i64, Option<i64>)> = {
+        let assigned: Vec<(i64, i64, Option<i64>)> = {
             let mut stmt = tx.prepare(
-                "SELECT id, started_at FROM jobs \
+                "SELECT id, attempt, started_at FROM jobs \
                  WHERE runner = ?1 AND status = 'running' ORDER BY id",
             )?;
-            let rows = stmt.query_map(params![runner_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let rows = stmt.query_map(params![runner_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
-        for (id, started_at) in assigned {
+        for (id, attempt, started_at) in assigned {
             let stale = started_at.is_none_or(|at| at < assigned_before);
-            if stale && !held.contains(&id) {
+            let listed = held.iter().any(|job| job.names(id, attempt));
+            if stale && !listed {
                 tx.execute(
                     "UPDATE jobs SET status = 'queued', runner = NULL, started_at = NULL, \
                      attempt = attempt + 1 \
@@ -999,22 +1048,42 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Ends a running job held by `runner_id`, recording the commit the
-    /// runner built if the job named none. Returns whether it was running.
+    /// Ends a running job held by `runner_id` (the attempt it names, if it
+    /// names one), recording the commit the runner built if the job named none.
     pub fn finish_job(
         &mut self,
         runner_id: i64,
-        id: i64,
+        named: RunnerJob,
         status: JobStatus,
         built_commit: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let changed = self.conn.execute(
+    ) -> Result<FinishOutcome, StoreError> {
+        // Immediate: the job is not requeued between the check and the update.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(job) = job_in(&tx, named.id)? else {
+            return Ok(FinishOutcome::NotHeld);
+        };
+        if job.runner != Some(runner_id) || !named.names(job.id, job.attempt) {
+            return Ok(FinishOutcome::NotHeld);
+        }
+        if job.status != JobStatus::Running {
+            return Ok(FinishOutcome::NotRunning(job.status));
+        }
+        tx.execute(
             "UPDATE jobs SET status = ?1, finished_at = ?2, \
              commit_sha = COALESCE(commit_sha, ?5) \
              WHERE id = ?3 AND runner = ?4 AND status = 'running'",
-            params![status.as_str(), now_micros(), id, runner_id, built_commit],
+            params![
+                status.as_str(),
+                now_micros(),
+                job.id,
+                runner_id,
+                built_commit
+            ],
         )?;
-        Ok(changed > 0)
+        tx.commit()?;
+        Ok(FinishOutcome::Finished)
     }
 
     /// Puts back in the queue the running jobs of runners not seen since
@@ -1184,9 +1253,12 @@ mod tests {
         assert_eq!(claimed.job.git_ref, "main");
         assert_eq!(claimed.url, "https://example.test/app.git");
         assert!(store.claim_next(r2).unwrap().is_none());
-        assert!(!store
-            .finish_job(r2, id, JobStatus::Succeeded, None)
-            .unwrap());
+        assert_eq!(
+            store
+                .finish_job(r2, RunnerJob::any_attempt(id), JobStatus::Succeeded, None)
+                .unwrap(),
+            FinishOutcome::NotHeld
+        );
 
         assert_eq!(store.requeue_lost(0).unwrap(), 0);
         assert_eq!(store.requeue_lost(i64::MAX).unwrap(), 1);
@@ -1196,15 +1268,29 @@ mod tests {
             (JobStatus::Queued, None, 2)
         );
         assert_eq!(store.claim_next(r2).unwrap().unwrap().job.id, id);
-        assert!(store
-            .finish_job(r2, id, JobStatus::Failed, Some("abc0"))
-            .unwrap());
+        assert_eq!(
+            store
+                .finish_job(
+                    r2,
+                    RunnerJob::any_attempt(id),
+                    JobStatus::Failed,
+                    Some("abc0")
+                )
+                .unwrap(),
+            FinishOutcome::Finished
+        );
         assert_eq!(
             store.job(id).unwrap().unwrap().commit_sha.as_deref(),
             Some("abc"),
             "a job's own commit is kept"
         );
         assert_eq!(store.job(id).unwrap().unwrap().status, JobStatus::Failed);
+        assert_eq!(
+            store
+                .finish_job(r2, RunnerJob::attempt(id, 2), JobStatus::Succeeded, None)
+                .unwrap(),
+            FinishOutcome::NotRunning(JobStatus::Failed)
+        );
     }
 
     #[test]
@@ -1305,14 +1391,15 @@ mod tests {
         store.claim_next(r1).unwrap().unwrap();
         store.claim_next(r2).unwrap().unwrap();
 
+        let any = RunnerJob::any_attempt;
         // Assigned after the cutoff: nothing is requeued yet.
         let beat = store
-            .heartbeat(r1, &[listed, elsewhere, listed], 0)
+            .heartbeat(r1, &[any(listed), any(elsewhere), any(listed)], 0)
             .unwrap();
-        assert_eq!(beat.cancel, vec![elsewhere]);
+        assert_eq!(beat.cancel, vec![any(elsewhere)]);
         assert_eq!(beat.requeued, Vec::<i64>::new());
 
-        let beat = store.heartbeat(r1, &[listed], i64::MAX).unwrap();
+        let beat = store.heartbeat(r1, &[any(listed)], i64::MAX).unwrap();
         assert_eq!(
             beat,
             Heartbeat {
@@ -1333,9 +1420,83 @@ mod tests {
 
         store.cancel_job(listed).unwrap();
         assert_eq!(
-            store.heartbeat(r1, &[listed], 0).unwrap().cancel,
-            vec![listed]
+            store.heartbeat(r1, &[any(listed)], 0).unwrap().cancel,
+            vec![any(listed)]
         );
+    }
+
+    #[test]
+    fn an_old_attempt_neither_writes_nor_finishes_nor_keeps_the_current_one() {
+        let (_dir, mut store) = open();
+        repo(&mut store);
+        let (r1, _) = store.register_runner("r1", &[]).unwrap();
+        let id = store.queue_job("app", None, None, 1).unwrap().unwrap();
+        let chunk = |data: &str| LogChunk {
+            seq: 0,
+            stream: "stdout".into(),
+            data: data.into(),
+        };
+        let step = Step {
+            step: 1,
+            name: "test".into(),
+            key: String::new(),
+            status: StepStatus::Running,
+            cached: false,
+            duration_ms: None,
+        };
+        let (old, current) = (RunnerJob::attempt(id, 1), RunnerJob::attempt(id, 2));
+        store.claim_next(r1).unwrap().unwrap();
+        assert_eq!(store.requeue_lost(i64::MAX).unwrap(), 1);
+        // The same runner takes the new attempt while the old one runs on.
+        assert_eq!(store.claim_next(r1).unwrap().unwrap().job.attempt, 2);
+
+        assert!(!store.append_logs(r1, old, &[chunk("old")]).unwrap());
+        assert!(!store
+            .record_steps(r1, old, std::slice::from_ref(&step))
+            .unwrap());
+        assert_eq!(
+            store.finish_job(r1, old, JobStatus::Failed, None).unwrap(),
+            FinishOutcome::NotHeld
+        );
+        assert_eq!(store.logs(id).unwrap(), vec![]);
+        assert_eq!(store.steps(id).unwrap(), vec![]);
+        assert_eq!(store.job(id).unwrap().unwrap().status, JobStatus::Running);
+
+        // Listed with its old attempt only: that one stops, and the current
+        // one, assigned long enough ago and not listed, goes back to the queue.
+        let beat = store.heartbeat(r1, &[old], 0).unwrap();
+        assert_eq!(
+            beat,
+            Heartbeat {
+                cancel: vec![old],
+                requeued: vec![]
+            },
+            "a fresh assignment stays"
+        );
+        let beat = store.heartbeat(r1, &[old, current], i64::MAX).unwrap();
+        assert_eq!(
+            beat,
+            Heartbeat {
+                cancel: vec![old],
+                requeued: vec![]
+            }
+        );
+        assert!(store.append_logs(r1, current, &[chunk("new")]).unwrap());
+        assert!(store
+            .record_steps(r1, current, std::slice::from_ref(&step))
+            .unwrap());
+        assert_eq!(store.logs(id).unwrap(), vec![chunk("new")]);
+        assert_eq!(store.steps(id).unwrap(), vec![step]);
+        let beat = store.heartbeat(r1, &[old], i64::MAX).unwrap();
+        assert_eq!(
+            beat,
+            Heartbeat {
+                cancel: vec![old],
+                requeued: vec![id]
+            }
+        );
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Queued, 3));
     }
 
     #[test]
@@ -1358,22 +1519,23 @@ mod tests {
             stream: "stdout".into(),
             data: data.into(),
         };
+        let named = RunnerJob::any_attempt(id);
         assert!(!store
-            .record_steps(r1, id, &[step(StepStatus::Running, None)])
+            .record_steps(r1, named, &[step(StepStatus::Running, None)])
             .unwrap());
         store.claim_next(r1).unwrap().unwrap();
         assert_eq!(
             store.job(id).unwrap().unwrap().runner_name.as_deref(),
             Some("r1")
         );
-        assert!(!store.append_logs(r2, id, &[chunk("not mine")]).unwrap());
-        assert!(store.append_logs(r1, id, &[chunk("one")]).unwrap());
-        assert!(store.append_logs(r1, id, &[chunk("again")]).unwrap());
+        assert!(!store.append_logs(r2, named, &[chunk("not mine")]).unwrap());
+        assert!(store.append_logs(r1, named, &[chunk("one")]).unwrap());
+        assert!(store.append_logs(r1, named, &[chunk("again")]).unwrap());
         assert!(store
-            .record_steps(r1, id, &[step(StepStatus::Running, None)])
+            .record_steps(r1, named, &[step(StepStatus::Running, None)])
             .unwrap());
         assert!(store
-            .record_steps(r1, id, &[step(StepStatus::Failed, Some(1.5))])
+            .record_steps(r1, named, &[step(StepStatus::Failed, Some(1.5))])
             .unwrap());
         assert_eq!(
             store.steps(id).unwrap(),
@@ -1384,9 +1546,9 @@ mod tests {
         assert_eq!(store.requeue_lost(i64::MAX).unwrap(), 1);
         assert_eq!(store.steps(id).unwrap(), vec![]);
         assert_eq!(store.logs(id).unwrap(), vec![]);
-        assert!(!store.append_logs(r1, id, &[chunk("late")]).unwrap());
+        assert!(!store.append_logs(r1, named, &[chunk("late")]).unwrap());
         store.claim_next(r2).unwrap().unwrap();
-        assert!(store.append_logs(r2, id, &[chunk("two")]).unwrap());
+        assert!(store.append_logs(r2, named, &[chunk("two")]).unwrap());
         assert_eq!(store.logs(id).unwrap(), vec![chunk("two")]);
         assert_eq!(store.logs_after(id, 1, -1).unwrap(), vec![chunk("one")]);
     }

@@ -281,3 +281,234 @@ async fn a_job_missing_from_heartbeats_goes_back_to_the_queue_and_wakes_a_runner
         "r2"
     );
 }
+
+/// The runner's job `id` goes back to the queue (the runner keeps quiet for
+/// the runner timeout, as through a network cut) and the same runner claims
+/// its second attempt, as a runner with two slots would while the first
+/// attempt still runs in the other.
+async fn claim_two_attempts(server: &TestServer, runner: &str) -> i64 {
+    let first = server.next(runner, 0).await.unwrap();
+    assert_eq!(first["attempt"], 1);
+    let id = first["id"].as_i64().unwrap();
+    let requeued = wait_for_job(server, id, |job| job["status"] == "queued").await;
+    assert_eq!(requeued["attempt"], 2);
+    let second = server.next(runner, 0).await.unwrap();
+    assert_eq!(
+        (second["id"].as_i64(), second["attempt"].as_i64()),
+        (Some(id), Some(2))
+    );
+    id
+}
+
+async fn heartbeat_attempts(
+    server: &TestServer,
+    token: &str,
+    jobs: &[i64],
+    attempts: &[i64],
+) -> (StatusCode, Value) {
+    post(
+        server,
+        token,
+        "/api/runner/heartbeat",
+        json!({ "jobs": jobs, "attempts": attempts }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_old_attempt_of_a_job_the_runner_claimed_again_writes_nothing() {
+    // Long enough that the second attempt is not requeued during the test.
+    let server = TestServer::start_with(Duration::from_secs(2)).await;
+    server.add_repo("app").await;
+    let (_, runner) = server.register_runner("r1").await;
+    let id = server.queue("app").await;
+    let logs = |attempt: &str| format!("/api/runner/jobs/{id}/logs{attempt}");
+    let steps = |attempt: &str| format!("/api/runner/jobs/{id}/steps{attempt}");
+    let finish = |attempt: &str| format!("/api/runner/jobs/{id}/finish{attempt}");
+    let step = json!([{ "step": 1, "name": "build", "key": "", "status": "running" }]);
+
+    // Attempt 1 reports before the cut, naming its attempt.
+    assert_eq!(server.next(&runner, 0).await.unwrap()["attempt"], 1);
+    let (status, _) = post(
+        &server,
+        &runner,
+        &logs("?attempt=1"),
+        json!([{ "seq": 0, "stream": "stdout", "data": "first 0\n" }]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The runner is cut off for longer than the runner timeout; back, it
+    // claims the job's second attempt in another slot.
+    let requeued = wait_for_job(&server, id, |job| job["status"] == "queued").await;
+    assert_eq!(requeued["attempt"], 2);
+    assert_eq!(server.next(&runner, 0).await.unwrap()["attempt"], 2);
+
+    // Attempt 1, still running on the runner, reports again: all refused.
+    let (status, body) = post(
+        &server,
+        &runner,
+        &logs("?attempt=1"),
+        json!([
+            { "seq": 0, "stream": "stdout", "data": "first 0\n" },
+            { "seq": 1, "stream": "stdout", "data": "first 1\n" }
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("attempt 1"),
+        "{body}"
+    );
+    let (status, _) = post(&server, &runner, &steps("?attempt=1"), step.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(
+        &server,
+        &runner,
+        &finish("?attempt=1"),
+        json!({ "status": "failed" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = heartbeat_attempts(&server, &runner, &[id, id], &[1, 2]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel"], json!([id]));
+    assert_eq!(body["cancel_attempts"], json!([1]));
+
+    let job = server.admin_get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_i64()),
+        (Some("running"), Some(2))
+    );
+    assert_eq!(job["steps"], json!([]));
+    assert_eq!(
+        server.admin_get(&format!("/api/jobs/{id}/logs")).await,
+        json!([])
+    );
+
+    // Attempt 2 is written; a post naming no attempt goes to the current one.
+    let (status, _) = post(
+        &server,
+        &runner,
+        &logs("?attempt=2"),
+        json!([{ "seq": 0, "stream": "stdout", "data": "second 0\n" }]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(
+        &server,
+        &runner,
+        &logs(""),
+        json!([{ "seq": 1, "stream": "stdout", "data": "second 1\n" }]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(&server, &runner, &steps("?attempt=2"), step).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.admin_get(&format!("/api/jobs/{id}/logs")).await,
+        json!([
+            { "seq": 0, "stream": "stdout", "data": "second 0\n" },
+            { "seq": 1, "stream": "stdout", "data": "second 1\n" }
+        ])
+    );
+    let job = server.admin_get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(job["steps"].as_array().unwrap().len(), 1);
+
+    // An attempt that is not a number, attempts that do not match the jobs.
+    let (status, body) = post(
+        &server,
+        &runner,
+        &logs("?attempt=two"),
+        json!([{ "seq": 2, "stream": "stdout", "data": "x\n" }]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = heartbeat_attempts(&server, &runner, &[id], &[1, 2]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("attempts"),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        &server,
+        &runner,
+        &finish("?attempt=2"),
+        json!({ "status": "succeeded" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = post(
+        &server,
+        &runner,
+        &finish("?attempt=2"),
+        json!({ "status": "succeeded" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "finished already");
+    let (status, _) = post(
+        &server,
+        &runner,
+        &finish("?attempt=1"),
+        json!({ "status": "failed" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not the current attempt");
+    assert_eq!(
+        server.admin_get(&format!("/api/jobs/{id}")).await["status"],
+        "succeeded"
+    );
+    // A finished job is stopped whichever attempt is listed.
+    let (_, body) = heartbeat_attempts(&server, &runner, &[id, id], &[1, 2]).await;
+    assert_eq!(body["cancel"], json!([id, id]));
+    assert_eq!(body["cancel_attempts"], json!([1, 2]));
+}
+
+#[tokio::test]
+async fn listing_only_an_old_attempt_requeues_the_current_one() {
+    let lost_after = Duration::from_millis(800);
+    let server = TestServer::start_with(lost_after).await;
+    server.add_repo("app").await;
+    let (_, runner) = server.register_runner("r1").await;
+    server.queue("app").await;
+    let id = claim_two_attempts(&server, &runner).await;
+    let claimed_at = Instant::now();
+
+    // The runner lists attempt 1 (whose slot runs on) but not attempt 2,
+    // whose `next` answer it lost: attempt 1 is told to stop at every beat,
+    // and attempt 2 is requeued once the runner timeout has passed.
+    loop {
+        let (status, body) = heartbeat_attempts(&server, &runner, &[id], &[1]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["cancel"], json!([id]));
+        assert_eq!(body["cancel_attempts"], json!([1]));
+        let job = server.admin_get(&format!("/api/jobs/{id}")).await;
+        if job["status"] == "queued" {
+            assert_eq!(job["attempt"], 3);
+            break;
+        }
+        assert_eq!(job["attempt"], 2);
+        assert!(
+            claimed_at.elapsed() < Duration::from_secs(10),
+            "attempt 2 was never requeued"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(claimed_at.elapsed() >= lost_after, "requeued too early");
+
+    // Listed with its own attempt, the current one stays, long after.
+    let claimed = server.next(&runner, 0).await.unwrap();
+    assert_eq!(claimed["attempt"], 3);
+    let deadline = Instant::now() + lost_after * 2;
+    while Instant::now() < deadline {
+        let (_, body) = heartbeat_attempts(&server, &runner, &[id, id], &[2, 3]).await;
+        assert_eq!(body["cancel"], json!([id]));
+        assert_eq!(body["cancel_attempts"], json!([2]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = server.admin_get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_i64()),
+        (Some("running"), Some(3))
+    );
+}

@@ -33,10 +33,17 @@
 //!    off from its server runs on and delivers everything when it is back.
 //!    Then `finish` reports succeeded or failed.
 //! 6. **Heartbeat** every second while jobs run, every 5 s when idle,
-//!    listing the jobs held. A job in the answer's `cancel` is stopped:
-//!    [`kiln_engine::Engine::cancel`] kills its running container at once.
-//!    A 404/409 for a job's logs or finish means the server has taken it
-//!    back: the runner stops it and drops it without reporting.
+//!    listing the jobs held, each with its attempt. A job in the answer's
+//!    `cancel` is stopped: [`kiln_engine::Engine::cancel`] kills its running
+//!    container at once. A 404/409 for a job's logs or finish means the
+//!    server has taken it back: the runner stops it and drops it without
+//!    reporting.
+//!
+//!    Every report names the job's attempt. A runner cut off for longer
+//!    than the server's runner timeout has its jobs requeued; back, another
+//!    of its slots may claim a job's next attempt while the old one still
+//!    runs here. The server refuses the old attempt's reports and lists it
+//!    (only it) in `cancel`, so the two never mix.
 //!
 //! Ctrl-C or SIGTERM stops taking jobs and lets the running ones finish;
 //! a second one cancels them (reported as failed). Either way the runner
@@ -59,7 +66,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
 use crate::images::EngineSetup;
-use api::{Api, CallError};
+use api::{Api, CallError, JobRef};
 use job::{JobContext, JobControl, JobEnd, StopReason};
 
 /// How long one `next` request waits for a job.
@@ -213,8 +220,9 @@ enum Phase {
 struct Runner {
     ctx: JobContext,
     phase: Arc<watch::Sender<Phase>>,
-    /// The jobs held now, by id.
-    jobs: Mutex<HashMap<i64, Arc<JobControl>>>,
+    /// The job attempts held now. Two attempts of one job may be here at
+    /// once: the old one until the server's heartbeat answer stops it.
+    jobs: Mutex<HashMap<JobRef, Arc<JobControl>>>,
     /// Woken when a job is taken: the first heartbeat for it goes out now.
     jobs_changed: Notify,
     /// Why the runner must stop (its token was refused).
@@ -222,10 +230,10 @@ struct Runner {
 }
 
 impl Runner {
-    fn held(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = lock(&self.jobs).keys().copied().collect();
-        ids.sort_unstable();
-        ids
+    fn held(&self) -> Vec<JobRef> {
+        let mut jobs: Vec<JobRef> = lock(&self.jobs).keys().copied().collect();
+        jobs.sort_unstable();
+        jobs
     }
 
     fn stop_all(&self, reason: StopReason) {
@@ -243,8 +251,9 @@ impl Runner {
 
     async fn run_job(&self, job: api::ClaimedJob) {
         let id = job.id;
+        let job_ref = job.job_ref();
         let control = Arc::new(JobControl::new());
-        lock(&self.jobs).insert(id, control.clone());
+        lock(&self.jobs).insert(job_ref, control.clone());
         self.jobs_changed.notify_one();
         if *self.phase.borrow() == Phase::Cancelling {
             control.stop(StopReason::Shutdown);
@@ -254,15 +263,18 @@ impl Runner {
             "kiln runner: job {id} (attempt {}): {} at {target}",
             job.attempt, job.repo
         );
+        let attempt = job.attempt;
         let end = job::run(&self.ctx, job, control).await;
-        lock(&self.jobs).remove(&id);
+        lock(&self.jobs).remove(&job_ref);
         match end {
             JobEnd::Finished { succeeded, took } => eprintln!(
-                "kiln runner: job {id} {} in {:.1}s",
+                "kiln runner: job {id} (attempt {attempt}) {} in {:.1}s",
                 if succeeded { "succeeded" } else { "failed" },
                 took.as_secs_f64()
             ),
-            JobEnd::Dropped(why) => eprintln!("kiln runner: job {id} dropped: {why}"),
+            JobEnd::Dropped(why) => {
+                eprintln!("kiln runner: job {id} (attempt {attempt}) dropped: {why}")
+            }
         }
     }
 }
@@ -329,10 +341,16 @@ async fn heartbeat(runner: Arc<Runner>) {
     loop {
         let held = runner.held();
         match runner.ctx.api.heartbeat(&held).await {
-            Ok(cancel) => {
-                for id in cancel {
-                    if let Some(control) = lock(&runner.jobs).get(&id) {
-                        eprintln!("kiln runner: job {id}: the server asks to stop it");
+            Ok(cancels) => {
+                let jobs = lock(&runner.jobs);
+                for cancel in cancels {
+                    for (job, control) in jobs.iter().filter(|(job, _)| cancel.covers(**job)) {
+                        if control.reason().is_none() {
+                            eprintln!(
+                                "kiln runner: job {} (attempt {}): the server asks to stop it",
+                                job.id, job.attempt
+                            );
+                        }
                         control.stop(StopReason::Cancelled);
                     }
                 }

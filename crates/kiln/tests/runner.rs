@@ -8,9 +8,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{privileged, text, Env};
@@ -231,10 +233,21 @@ impl RunnerProcess {
     }
 
     fn start_with(env: &Env, server: &TestServer, name: &str, args: &[&str]) -> RunnerProcess {
+        RunnerProcess::start_via(env, server, &server.url(), name, args)
+    }
+
+    /// A runner that reaches `server` at `url` (a proxy in front of it).
+    fn start_via(
+        env: &Env,
+        server: &TestServer,
+        url: &str,
+        name: &str,
+        args: &[&str],
+    ) -> RunnerProcess {
         let log = env.path(&format!("runner-{name}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["runner", "--server", &server.url(), "--name", name])
+            .args(["runner", "--server", url, "--name", name])
             .arg("--store")
             .arg(env.store())
             .arg("--work")
@@ -307,6 +320,73 @@ impl Drop for RunnerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP proxy on 127.0.0.1 between a runner and the server that can hold
+/// back what the runner sends, as a network cut that TCP rides out: the
+/// runner's requests wait in the proxy and arrive when it lets them go,
+/// while the server's answers still flow (so a `next` the server held
+/// before the cut can hand out a job during it).
+struct Proxy {
+    addr: SocketAddr,
+    held: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(AtomicBool::new(false));
+        let holding = held.clone();
+        // Lives as long as the test process; it only ever relays.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                relay(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(holding.clone()),
+                );
+                relay(server, client, None);
+            }
+        });
+        Proxy { addr, held }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// From now on, what the runner sends waits in the proxy.
+    fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers what waited, and everything after.
+    fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either closes,
+/// keeping each read back while `held` is set.
+fn relay(mut from: TcpStream, mut to: TcpStream, held: Option<Arc<AtomicBool>>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            while held.as_ref().is_some_and(|h| h.load(Ordering::SeqCst)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
 }
 
 /// A git repository holding `kiln.star` (and `files`), one commit on main.
@@ -677,7 +757,9 @@ def ci(source: Directory):
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        runner.output().contains(&format!("job {id} dropped")),
+        runner
+            .output()
+            .contains(&format!("job {id} (attempt 1) dropped")),
         "{}",
         runner.output()
     );
@@ -917,5 +999,78 @@ def ci(source: Directory):
             format!("begin {name}\nend {name}\n")
         );
     }
+    assert!(runner.terminate().success());
+}
+
+#[test]
+fn a_job_requeued_in_a_network_cut_and_claimed_again_by_its_runner_runs_once() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let lost_after = Duration::from_secs(2);
+    let server = TestServer::start(&env.path("server"), lost_after);
+    let proxy = Proxy::start(server.addr);
+    let kiln_star = r#"
+def ci(source: Directory):
+    """Takes a while."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo begin; sleep 6; echo end"])
+"#;
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, kiln_star, &[]);
+    server.add_repo("app", &repo);
+    // Two slots: while the first runs attempt 1, the second waits in a
+    // `next` that the server holds (30 s).
+    let mut runner =
+        RunnerProcess::start_via(&env, &server, &proxy.url(), "r1", &["--concurrency", "2"]);
+    let id = server.trigger("app", &commit);
+    server.wait_log(id, "begin", Duration::from_secs(25), &runner);
+
+    // The runner's heartbeats stop arriving: after the runner timeout the
+    // job is requeued, and the second slot's waiting `next` takes attempt 2.
+    proxy.hold();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = server.job(id);
+        if job["attempt"] == 2 && job["status"] == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt 2 was not claimed: {job}\n{}",
+            runner.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The held heartbeat, listing attempt 1, arrives now.
+    proxy.release();
+
+    let job = server.wait_status(
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+        &runner,
+    );
+    let logs = server.logs(id);
+    let system = joined(&logs, Some("system"));
+    assert_eq!(job["status"], "succeeded", "{:?}", joined(&logs, None));
+    assert_eq!(job["attempt"], 2);
+    assert_eq!(job["runner_name"], "r1");
+    // Only attempt 2's own reports, from seq 0, each once.
+    assert_contiguous(&logs);
+    assert_eq!(joined(&logs, Some("stdout")), "begin\nend\n");
+    assert!(system.contains("attempt 2:"), "{system}");
+    assert!(!system.contains("attempt 1:"), "{system}");
+    assert_eq!(system.matches("ci succeeded").count(), 1, "{system}");
+    // Attempt 1 was stopped; attempt 2 is what finished the job.
+    let output = runner.output();
+    assert!(
+        output.contains(&format!("job {id} (attempt 1) dropped")),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!("job {id} (attempt 2) succeeded")),
+        "{output}"
+    );
     assert!(runner.terminate().success());
 }

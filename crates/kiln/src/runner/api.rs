@@ -56,6 +56,40 @@ pub struct ClaimedJob {
     pub attempt: i64,
 }
 
+impl ClaimedJob {
+    pub fn job_ref(&self) -> JobRef {
+        JobRef {
+            id: self.id,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// One attempt of a job: what every report about a job names. A job
+/// requeued while this runner was cut off may be claimed again by another
+/// slot while its old attempt still runs here; the attempt tells the two
+/// apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobRef {
+    pub id: i64,
+    pub attempt: i64,
+}
+
+/// A job the server's heartbeat answer says to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancel {
+    pub id: i64,
+    /// The attempt to stop; `None` (a server that does not name attempts)
+    /// stops every attempt of the job held.
+    pub attempt: Option<i64>,
+}
+
+impl Cancel {
+    pub fn covers(&self, job: JobRef) -> bool {
+        self.id == job.id && self.attempt.is_none_or(|attempt| attempt == job.attempt)
+    }
+}
+
 /// One piece of a job's log.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogChunk {
@@ -143,50 +177,47 @@ impl Api {
         parse(&response.1).map(Some)
     }
 
-    /// Reports the jobs held; returns those among them to stop now.
-    pub async fn heartbeat(&self, jobs: &[i64]) -> Result<Vec<i64>, CallError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            #[serde(default)]
-            cancel: Vec<i64>,
-        }
+    /// Reports the job attempts held; returns those among them to stop now.
+    pub async fn heartbeat(&self, jobs: &[JobRef]) -> Result<Vec<Cancel>, CallError> {
+        let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+        let attempts: Vec<i64> = jobs.iter().map(|job| job.attempt).collect();
         let request = self.runner(
             self.http
                 .post(self.url("/api/runner/heartbeat"))
-                .json(&serde_json::json!({ "jobs": jobs })),
+                .json(&serde_json::json!({ "jobs": ids, "attempts": attempts })),
             REQUEST_TIMEOUT,
         );
         let body = self.send(request).await?;
-        Ok(parse::<Answer>(&body)?.cancel)
+        Ok(parse::<HeartbeatAnswer>(&body)?.cancels())
     }
 
-    pub async fn post_logs(&self, job: i64, chunks: &[LogChunk]) -> Result<(), CallError> {
-        let path = format!("/api/runner/jobs/{job}/logs");
+    pub async fn post_logs(&self, job: JobRef, chunks: &[LogChunk]) -> Result<(), CallError> {
         let request = self.runner(
-            self.http.post(self.url(&path)).json(chunks),
+            self.http.post(self.job_url(job, "logs")).json(chunks),
             REQUEST_TIMEOUT,
         );
         self.send(request).await.map(drop)
     }
 
-    pub async fn post_steps(&self, job: i64, steps: &[StepRecord]) -> Result<(), CallError> {
-        let path = format!("/api/runner/jobs/{job}/steps");
-        let request = self.runner(self.http.post(self.url(&path)).json(steps), REQUEST_TIMEOUT);
+    pub async fn post_steps(&self, job: JobRef, steps: &[StepRecord]) -> Result<(), CallError> {
+        let request = self.runner(
+            self.http.post(self.job_url(job, "steps")).json(steps),
+            REQUEST_TIMEOUT,
+        );
         self.send(request).await.map(drop)
     }
 
     /// Reports the job's end, and the commit it built if it got that far.
     pub async fn finish(
         &self,
-        job: i64,
+        job: JobRef,
         succeeded: bool,
         commit: Option<&str>,
     ) -> Result<(), CallError> {
-        let path = format!("/api/runner/jobs/{job}/finish");
         let status = if succeeded { "succeeded" } else { "failed" };
         let request = self.runner(
             self.http
-                .post(self.url(&path))
+                .post(self.job_url(job, "finish"))
                 .json(&serde_json::json!({ "status": status, "commit": commit })),
             REQUEST_TIMEOUT,
         );
@@ -195,6 +226,15 @@ impl Api {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A report about one attempt of a job: the server refuses it (404)
+    /// once that attempt is not the job's current one.
+    fn job_url(&self, job: JobRef, report: &str) -> String {
+        self.url(&format!(
+            "/api/runner/jobs/{}/{report}?attempt={}",
+            job.id, job.attempt
+        ))
     }
 
     fn runner(
@@ -258,6 +298,41 @@ impl Api {
     }
 }
 
+/// The heartbeat's answer: `cancel_attempts` is parallel to `cancel`.
+#[derive(Deserialize)]
+struct HeartbeatAnswer {
+    #[serde(default)]
+    cancel: Vec<i64>,
+    #[serde(default)]
+    cancel_attempts: Option<Vec<i64>>,
+}
+
+impl HeartbeatAnswer {
+    fn cancels(self) -> Vec<Cancel> {
+        // A server that does not say which attempt (or says it oddly) means
+        // the job as a whole.
+        let attempts = self
+            .cancel_attempts
+            .filter(|attempts| attempts.len() == self.cancel.len());
+        match attempts {
+            Some(attempts) => self
+                .cancel
+                .into_iter()
+                .zip(attempts)
+                .map(|(id, attempt)| Cancel {
+                    id,
+                    attempt: Some(attempt),
+                })
+                .collect(),
+            None => self
+                .cancel
+                .into_iter()
+                .map(|id| Cancel { id, attempt: None })
+                .collect(),
+        }
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
     serde_json::from_slice(body).map_err(|e| CallError::Rejected {
         status: 200,
@@ -297,4 +372,46 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(json: &str) -> Vec<Cancel> {
+        serde_json::from_str::<HeartbeatAnswer>(json)
+            .unwrap()
+            .cancels()
+    }
+
+    #[test]
+    fn a_cancel_stops_the_attempt_named_or_all_when_none_is() {
+        let (old, new) = (JobRef { id: 7, attempt: 1 }, JobRef { id: 7, attempt: 2 });
+        let cancels = answer(r#"{"cancel": [7], "cancel_attempts": [1]}"#);
+        assert_eq!(
+            cancels,
+            vec![Cancel {
+                id: 7,
+                attempt: Some(1)
+            }]
+        );
+        assert!(cancels[0].covers(old));
+        assert!(!cancels[0].covers(new));
+        assert!(!cancels[0].covers(JobRef { id: 8, attempt: 1 }));
+
+        for older_server in [
+            r#"{"runner_id": 1, "cancel": [7]}"#,
+            r#"{"cancel": [7], "cancel_attempts": [1, 2]}"#,
+        ] {
+            let cancels = answer(older_server);
+            assert_eq!(
+                cancels,
+                vec![Cancel {
+                    id: 7,
+                    attempt: None
+                }]
+            );
+            assert!(cancels[0].covers(old) && cancels[0].covers(new));
+        }
+    }
 }

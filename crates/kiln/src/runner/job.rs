@@ -119,7 +119,7 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
     let started = Instant::now();
     let outbox = {
         let control = control.clone();
-        Outbox::start(ctx.api.clone(), job.id, move || {
+        Outbox::start(ctx.api.clone(), job.job_ref(), move || {
             control.stop(StopReason::Gone)
         })
     };
@@ -188,7 +188,7 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
     let mut backoff = Backoff::new();
     loop {
         let commit = checked_out.get().map(String::as_str);
-        match ctx.api.finish(job.id, succeeded, commit).await {
+        match ctx.api.finish(job.job_ref(), succeeded, commit).await {
             Ok(()) => {
                 return JobEnd::Finished {
                     succeeded,

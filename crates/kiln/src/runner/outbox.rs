@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::api::{Api, CallError, LogChunk, StepRecord};
+use super::api::{Api, CallError, JobRef, LogChunk, StepRecord};
 use super::Backoff;
 
 /// How long chunks gather before a send: fewer, larger requests for chatty steps.
@@ -60,9 +60,10 @@ struct State {
 }
 
 impl Outbox {
-    /// Starts the sender for `job`. `on_gone` is called as soon as the
-    /// server says the job is no longer ours, so the job can be stopped.
-    pub fn start(api: Arc<Api>, job: i64, on_gone: impl FnOnce() + Send + 'static) -> Outbox {
+    /// Starts the sender for this attempt of a job. `on_gone` is called as
+    /// soon as the server says the attempt is no longer ours (requeued,
+    /// cancelled, finished), so it can be stopped.
+    pub fn start(api: Arc<Api>, job: JobRef, on_gone: impl FnOnce() + Send + 'static) -> Outbox {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -123,7 +124,7 @@ impl LogWriter {
 
 async fn deliver(
     api: Arc<Api>,
-    job: i64,
+    job: JobRef,
     shared: Arc<Shared>,
     on_gone: impl FnOnce() + Send + 'static,
 ) -> Delivery {
@@ -134,7 +135,7 @@ async fn deliver(
     delivery
 }
 
-async fn deliver_all(api: &Api, job: i64, shared: &Shared) -> Delivery {
+async fn deliver_all(api: &Api, job: JobRef, shared: &Shared) -> Delivery {
     let mut backoff = Backoff::new();
     loop {
         let closed = loop {
