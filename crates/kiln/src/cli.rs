@@ -88,6 +88,9 @@ pub enum Command {
     /// Make registration tokens for runners.
     #[command(subcommand)]
     RunnerToken(crate::service::RunnerTokenCommand),
+    /// Make API tokens and revoke tokens of any kind.
+    #[command(subcommand)]
+    Token(crate::service::TokenCommand),
     /// Run jobs for a server: register, wait for work, run each job's `ci` function.
     ///
     /// Registers with the server, then waits for jobs. Each job's commit is
@@ -277,6 +280,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Trigger(args) => crate::service::trigger(args).await,
         Command::RunnerToken(cmd) => crate::service::runner_token(cmd).await,
         Command::Jobs(cmd) => crate::service::jobs(cmd).await,
+        Command::Token(cmd) => crate::service::token(cmd).await,
         Command::Runner(args) => crate::runner::run(setup, args).await,
     }
 }

@@ -119,6 +119,35 @@ pub enum RunnerTokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it alone on stdout: an API token (the admin
+    /// token's powers except making API tokens; admin token only) or a
+    /// runner registration token (as `kiln runner-token create`).
+    Create {
+        #[arg(long, value_enum, default_value_t = TokenKind::Api)]
+        kind: TokenKind,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token read from standard input (an API, registration or
+    /// runner token): every later request with it gets 401. Reading it from
+    /// stdin keeps it out of shell history and process lists.
+    #[command(after_help = "Example:\n  kiln token revoke < old-runner.token")]
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// For scripts and people: everything but making API tokens.
+    Api,
+    /// For `kiln runner --token`.
+    RunnerRegistration,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum JobsCommand {
     /// List the jobs, newest first (times in UTC).
     Ls {
@@ -256,6 +285,38 @@ pub async fn runner_token(cmd: RunnerTokenCommand) -> Result<ExitCode> {
             let api = ApiClient::new(&client)?;
             let created: NewToken = api.post("/api/runner-tokens", None).await?;
             println!("{}", created.token);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create { kind, client } => {
+            let api = ApiClient::new(&client)?;
+            let path = match kind {
+                TokenKind::Api => "/api/api-tokens",
+                TokenKind::RunnerRegistration => "/api/runner-tokens",
+            };
+            let created: NewToken = api.post(path, None).await?;
+            println!("{}", created.token);
+        }
+        TokenCommand::Revoke { client } => {
+            let mut presented = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut presented)
+                .context("reading the token to revoke from standard input")?;
+            let presented = presented.trim();
+            if presented.is_empty() {
+                bail!("no token on standard input: pipe in the token to revoke");
+            }
+            let api = ApiClient::new(&client)?;
+            let _: Value = api
+                .post(
+                    "/api/tokens/revoke",
+                    Some(&serde_json::json!({ "token": presented })),
+                )
+                .await?;
+            eprintln!("revoked");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -834,3 +834,60 @@ async fn follow_resumes_after_the_server_restarts_without_repeating_a_chunk() {
     );
     assert!(stderr(&out).contains("reconnect"), "{}", show(&out));
 }
+
+#[test]
+fn api_tokens_are_made_and_revoked_from_the_command_line() {
+    let service = Service::start();
+    let api_token = service.ok(&["token", "create"]).trim().to_owned();
+    assert!(!api_token.is_empty());
+    let listed = service.kiln_with(&["jobs", "ls"], &[("KILN_TOKEN", &api_token)]);
+    assert!(listed.status.success(), "{}", show(&listed));
+    // An API token cannot make API tokens: only the admin can.
+    let escalate = service.kiln_with(&["token", "create"], &[("KILN_TOKEN", &api_token)]);
+    assert!(!escalate.status.success());
+    assert!(stderr(&escalate).contains("401"), "{}", show(&escalate));
+
+    let revoke = |token: &str| {
+        let mut child = client_command(&["token", "revoke"])
+            .env("KILN_SERVER", service.url())
+            .env("KILN_TOKEN", &service.admin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{token}\n").as_bytes(),
+        )
+        .unwrap();
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let revoked = revoke(&api_token);
+    assert!(revoked.status.success(), "{}", show(&revoked));
+    assert!(
+        !String::from_utf8_lossy(&revoked.stderr).contains(&api_token),
+        "the token is not echoed"
+    );
+    let refused = service.kiln_with(&["jobs", "ls"], &[("KILN_TOKEN", &api_token)]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("401"), "{}", show(&refused));
+    // Revoking again: nothing live has that value.
+    let again = revoke(&api_token);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("404"), "{}", show(&again));
+
+    let registration = service
+        .ok(&["token", "create", "--kind", "runner-registration"])
+        .trim()
+        .to_owned();
+    assert!(revoke(&registration).status.success());
+    let empty = revoke("");
+    assert!(!empty.status.success());
+    assert!(
+        stderr(&empty).contains("standard input"),
+        "{}",
+        show(&empty)
+    );
+}
