@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kiln_engine::{Engine, Error, Event, Outcome};
+use kiln_testkit::sleeper_alive;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A step that says it started, then sleeps for a duration unique to this
@@ -18,23 +19,6 @@ fn sleeper(engine: &Engine, marker: u32) -> kiln_engine::Container {
         "-c".to_owned(),
         format!("echo started; exec sleep {marker}"),
     ])
-}
-
-/// Whether `sleep MARKER` runs anywhere on the host (zombies excluded).
-fn sleeper_alive(marker: u32) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    let marker = marker.to_string();
-    procs.filter_map(Result::ok).any(|p| {
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        !zombie && args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
-    })
 }
 
 /// Containers the runtime knows under the store's state root.
@@ -68,7 +52,7 @@ async fn wait_started(events: &mut UnboundedReceiver<Event>, marker: u32) {
         .expect("the step starts");
     // `exec sleep` follows the echo: give the shell its moment.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sleeper_alive(marker) {
+    while !sleeper_alive(&marker.to_string()) {
         assert!(Instant::now() < deadline, "the step never slept");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -77,7 +61,7 @@ async fn wait_started(events: &mut UnboundedReceiver<Event>, marker: u32) {
 /// Polls until the sleeper and its container are gone; panics after `limit`.
 async fn assert_gone_within(engine: &Engine, marker: u32, since: Instant, limit: Duration) {
     loop {
-        let alive = sleeper_alive(marker);
+        let alive = sleeper_alive(&marker.to_string());
         let containers = runc_containers(engine);
         if !alive && containers.is_empty() {
             return;
@@ -188,7 +172,7 @@ async fn cancel_kills_a_step_whose_caller_was_dropped() {
     let _ = solving.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        sleeper_alive(marker),
+        sleeper_alive(&marker.to_string()),
         "the engine keeps a solve nobody awaits"
     );
 

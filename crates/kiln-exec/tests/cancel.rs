@@ -10,29 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_exec::{BindMount, Runtime};
-
-/// Whether any live (non-zombie) process has a command line matching `pred`.
-fn process_alive(pred: impl Fn(&[&[u8]]) -> bool) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.filter_map(Result::ok).any(|p| {
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        !zombie && pred(&args)
-    })
-}
-
-/// Whether `sleep <marker>` (the container process) is alive.
-fn sleeper_alive(marker: &str) -> bool {
-    process_alive(|args| {
-        args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
-    })
-}
+use kiln_testkit::{process_alive, sleeper_alive};
 
 /// Whether a runtime process (`runc ... run ... ID`) for `id` is alive.
 fn runtime_alive(id: &str) -> bool {

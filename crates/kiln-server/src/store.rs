@@ -589,10 +589,15 @@ impl Store {
     }
 
     /// Records that a runner was heard from.
-    pub fn touch_runner(&mut self, runner_id: i64) -> Result<(), StoreError> {
+    ///
+    /// A runner seen less than `fresh_for` microseconds ago is left as it
+    /// is: an UPDATE that matches no row writes nothing, so a busy runner's
+    /// every request does not cost a commit and an fsync.
+    pub fn touch_runner(&mut self, runner_id: i64, fresh_for: i64) -> Result<(), StoreError> {
+        let now = now_micros();
         self.conn.execute(
-            "UPDATE runners SET last_seen = ?1 WHERE id = ?2",
-            params![now_micros(), runner_id],
+            "UPDATE runners SET last_seen = ?1 WHERE id = ?2 AND last_seen <= ?3",
+            params![now, runner_id, now.saturating_sub(fresh_for)],
         )?;
         Ok(())
     }
@@ -859,6 +864,28 @@ impl Store {
         Ok(Some(ClaimedJob { job, url }))
     }
 
+    /// Runs `write` with the current attempt of a job `runner_id` holds, in
+    /// one immediate transaction, so the check and the writes see the same
+    /// attempt even if the reaper requeues the job meanwhile. `false` (and
+    /// nothing written) if the runner does not hold the job, or names an
+    /// attempt that is not the current one.
+    fn write_held_attempt(
+        &mut self,
+        runner_id: i64,
+        named: RunnerJob,
+        write: impl FnOnce(&Connection, i64) -> rusqlite::Result<()>,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(attempt) = held_attempt(&tx, runner_id, named)? else {
+            return Ok(false);
+        };
+        write(&tx, attempt)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Stores log chunks under the current attempt of a job `runner_id`
     /// holds (assigned and running); a chunk whose seq is already stored is
     /// skipped. `false` if the runner does not hold the job, or names an
@@ -869,27 +896,23 @@ impl Store {
         named: RunnerJob,
         chunks: &[LogChunk],
     ) -> Result<bool, StoreError> {
-        // Immediate: the check and the inserts see the same attempt even if
-        // the reaper requeues the job meanwhile.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(attempt) = held_attempt(&tx, runner_id, named)? else {
-            return Ok(false);
-        };
-        let job = named.id;
-        {
+        self.write_held_attempt(runner_id, named, |tx, attempt| {
             let mut stmt = tx.prepare(
                 "INSERT INTO log_chunks (job, attempt, seq, stream, data) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (job, attempt, seq) DO NOTHING",
             )?;
             for chunk in chunks {
-                stmt.execute(params![job, attempt, chunk.seq, chunk.stream, chunk.data])?;
+                stmt.execute(params![
+                    named.id,
+                    attempt,
+                    chunk.seq,
+                    chunk.stream,
+                    chunk.data
+                ])?;
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            Ok(())
+        })
     }
 
     /// The log of the current attempt of a job, in seq order.
@@ -938,14 +961,7 @@ impl Store {
         named: RunnerJob,
         steps: &[Step],
     ) -> Result<bool, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(attempt) = held_attempt(&tx, runner_id, named)? else {
-            return Ok(false);
-        };
-        let job = named.id;
-        {
+        self.write_held_attempt(runner_id, named, |tx, attempt| {
             let mut stmt = tx.prepare(
                 "INSERT INTO steps \
                  (job, attempt, step, name, cache_key, status, cached, duration_ms) \
@@ -957,7 +973,7 @@ impl Store {
             )?;
             for step in steps {
                 stmt.execute(params![
-                    job,
+                    named.id,
                     attempt,
                     step.step,
                     step.name,
@@ -967,9 +983,8 @@ impl Store {
                     step.duration_ms
                 ])?;
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            Ok(())
+        })
     }
 
     /// The steps of the current attempt of a job, in step order.
@@ -1215,6 +1230,28 @@ mod tests {
         drop(conn);
         let err = Store::open(dir.path()).err().unwrap();
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_runner_seen_recently_is_not_written_again() {
+        let (_dir, mut store) = open();
+        let (runner, _) = store.register_runner("r1", &[]).unwrap();
+        let last_seen = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row(
+                    "SELECT last_seen FROM runners WHERE id = ?1",
+                    params![runner],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        let registered = last_seen(&store);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.touch_runner(runner, 60_000_000).unwrap();
+        assert_eq!(last_seen(&store), registered, "fresh: left alone");
+        store.touch_runner(runner, 1_000).unwrap();
+        assert!(last_seen(&store) > registered, "stale: rewritten");
     }
 
     #[test]

@@ -109,8 +109,6 @@ impl Sink {
 fn plain(event: &Event) {
     let mut err = std::io::stderr().lock();
     let _ = match event {
-        Event::Started { step, name, .. } => writeln!(err, "#{} {name}", step.0),
-        Event::Cached { step, name, .. } => writeln!(err, "#{} CACHED {name}", step.0),
         Event::Output { step, stream, data } => {
             let tag = match stream {
                 Stream::Stdout => "",
@@ -123,26 +121,36 @@ fn plain(event: &Event) {
             }
             result
         }
+        other => match step_line(other) {
+            Some(line) => writeln!(err, "{line}"),
+            None => Ok(()),
+        },
+    };
+}
+
+/// The line `--progress plain` prints when a step starts, is cached or
+/// ends (`None` for output); `kiln runner` writes the same lines to a job's log.
+pub fn step_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Started { step, name, .. } => Some(format!("#{} {name}", step.0)),
+        Event::Cached { step, name, .. } => Some(format!("#{} CACHED {name}", step.0)),
+        Event::Output { .. } => None,
         Event::Finished {
             step,
             duration,
             outcome,
             ..
-        } => match outcome {
-            Outcome::Succeeded { .. } => {
-                writeln!(err, "#{} DONE {:.2}s", step.0, duration.as_secs_f64())
-            }
-            Outcome::Failed { message } => {
-                let first = message.lines().next().unwrap_or("");
-                writeln!(
-                    err,
-                    "#{} FAILED {:.2}s: {first}",
-                    step.0,
-                    duration.as_secs_f64()
-                )
-            }
-        },
-    };
+        } => {
+            let secs = duration.as_secs_f64();
+            Some(match outcome {
+                Outcome::Succeeded { .. } => format!("#{} DONE {secs:.2}s", step.0),
+                Outcome::Failed { message } => {
+                    let first = message.lines().next().unwrap_or("");
+                    format!("#{} FAILED {secs:.2}s: {first}", step.0)
+                }
+            })
+        }
+    }
 }
 
 /// The live view: one line per step under the function being run, each

@@ -326,7 +326,7 @@ def ci(source: Directory) -> str:
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !sleeping("61.5") {
+    while !kiln_testkit::sleeper_alive("61.5") {
         assert!(Instant::now() < deadline, "the step never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -341,26 +341,13 @@ def ci(source: Directory) -> str:
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(!sleeping("61.5"), "the step's process is gone");
+    assert!(
+        !kiln_testkit::sleeper_alive("61.5"),
+        "the step's process is gone"
+    );
     assert!(
         runc_containers(&env.store()).is_empty(),
         "no container outlives kiln"
     );
     assert!(mounts_under(&env.store()).is_empty());
-}
-
-/// Whether a `sleep ARG` process runs on this machine.
-fn sleeping(arg: &str) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|p| {
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        !zombie && args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == arg.as_bytes()
-    })
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{privileged, text, Env};
+use kiln_testkit::sleeper_alive;
 use serde_json::{json, Value};
 
 /// A server on 127.0.0.1 with its own runtime: dropping the runtime drops
@@ -441,22 +442,6 @@ fn assert_contiguous(chunks: &[Value]) {
         seqs, expected,
         "seq must count from 0 without gaps or repeats"
     );
-}
-
-/// Whether `sleep MARKER` is alive anywhere (zombies excluded).
-fn sleeper_alive(marker: &str) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.filter_map(Result::ok).any(|p| {
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        !zombie && args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
-    })
 }
 
 /// Waits for `sleep MARKER` to run: it follows an `echo started` in the

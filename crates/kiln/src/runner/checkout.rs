@@ -56,21 +56,14 @@ fn mirror_name(url: &str) -> String {
 }
 
 /// Creates the mirror if needed and takes its lock (released on drop).
-async fn lock_mirror(mirror: &Path) -> Result<std::fs::File> {
+async fn lock_mirror(mirror: &Path) -> Result<kiln_store::FileLock> {
     let mirror = mirror.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || -> Result<kiln_store::FileLock> {
         std::fs::create_dir_all(&mirror)
             .with_context(|| format!("creating the mirror {}", mirror.display()))?;
-        let path = mirror.join("kiln-fetch.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .with_context(|| format!("locking {}", path.display()))?;
-        Ok(file)
+        Ok(kiln_store::FileLock::exclusive(
+            &mirror.join("kiln-fetch.lock"),
+        )?)
     })
     .await?
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
 use kiln_starlark::Output;
 use tokio::sync::watch;
@@ -306,20 +305,9 @@ fn checkout_lock(dir: &Path) -> PathBuf {
 }
 
 /// Takes the lock that marks `dir` as a live checkout (released on drop).
-async fn claim_checkout(dir: &Path) -> anyhow::Result<std::fs::File> {
+async fn claim_checkout(dir: &Path) -> anyhow::Result<kiln_store::FileLock> {
     let lock = checkout_lock(dir);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .with_context(|| format!("creating {}", lock.display()))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .with_context(|| format!("locking {}", lock.display()))?;
-        Ok(file)
-    })
-    .await?
+    Ok(tokio::task::spawn_blocking(move || kiln_store::FileLock::exclusive(&lock)).await??)
 }
 
 /// Removes the checkouts a killed runner left in `work`: those whose lock
@@ -337,16 +325,10 @@ pub fn remove_abandoned_checkouts(work: &Path) -> usize {
         }
         let dir = entry.path();
         let lock = checkout_lock(&dir);
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-        else {
+        let Ok(Some(_free)) = kiln_store::FileLock::try_exclusive(&lock) else {
             continue;
         };
-        let free = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
-        if free.is_ok() && std::fs::remove_dir_all(&dir).is_ok() {
+        if std::fs::remove_dir_all(&dir).is_ok() {
             let _ = std::fs::remove_file(&lock);
             removed += 1;
         }
@@ -424,7 +406,8 @@ impl Watch for JobWatch {
 struct StepLog {
     log: LogWriter,
     /// Name and key of each step, from its Started or Cached event.
-    steps: HashMap<StepId, (String, String)>,
+    /// Each step's cache key, for its record when it ends.
+    steps: HashMap<StepId, String>,
     /// The incomplete UTF-8 sequence a chunk of output ended with, kept
     /// for the next chunk of the same stream.
     partial: HashMap<(StepId, &'static str), Vec<u8>>,
@@ -440,30 +423,33 @@ impl StepLog {
     }
 
     fn record(&mut self, event: Event) {
+        // A step's end line follows the output it flushes below.
+        let line = crate::progress::step_line(&event);
+        if let (Some(line), false) = (&line, matches!(event, Event::Finished { .. })) {
+            self.log.system(line);
+        }
         match event {
             Event::Started { step, name, key } => {
-                self.log.system(&format!("#{} {name}", step.0));
+                self.steps.insert(step, key.clone());
                 self.log.step(StepRecord {
                     step: step.0,
-                    name: name.clone(),
-                    key: key.clone(),
+                    name,
+                    key,
                     status: "running",
                     cached: false,
                     duration_ms: None,
                 });
-                self.steps.insert(step, (name, key));
             }
             Event::Cached { step, name, key } => {
-                self.log.system(&format!("#{} CACHED {name}", step.0));
+                self.steps.insert(step, key.clone());
                 self.log.step(StepRecord {
                     step: step.0,
-                    name: name.clone(),
-                    key: key.clone(),
+                    name,
+                    key,
                     status: "cached",
                     cached: true,
                     duration_ms: None,
                 });
-                self.steps.insert(step, (name, key));
             }
             Event::Output { step, stream, data } => {
                 let stream = stream_name(stream);
@@ -482,26 +468,17 @@ impl StepLog {
                             .output(stream, String::from_utf8_lossy(&rest).into_owned());
                     }
                 }
-                let secs = duration.as_secs_f64();
-                let (status, line) = match &outcome {
-                    Outcome::Succeeded { .. } => {
-                        ("succeeded", format!("#{} DONE {secs:.2}s", step.0))
-                    }
-                    Outcome::Failed { message } => {
-                        let first = message.lines().next().unwrap_or("");
-                        ("failed", format!("#{} FAILED {secs:.2}s: {first}", step.0))
-                    }
+                if let Some(line) = &line {
+                    self.log.system(line);
+                }
+                let status = match outcome {
+                    Outcome::Succeeded { .. } => "succeeded",
+                    Outcome::Failed { .. } => "failed",
                 };
-                self.log.system(&line);
-                let key = self
-                    .steps
-                    .get(&step)
-                    .map(|(_, key)| key.clone())
-                    .unwrap_or_default();
                 self.log.step(StepRecord {
                     step: step.0,
                     name,
-                    key,
+                    key: self.steps.get(&step).cloned().unwrap_or_default(),
                     status,
                     cached: false,
                     duration_ms: Some(duration.as_secs_f64() * 1000.0),
