@@ -932,7 +932,12 @@ impl RunScratch {
         let io = |what: &str, path: &Path, e: std::io::Error| {
             Error::Invalid(format!("{what} {}: {e}", path.display()))
         };
-        std::fs::create_dir_all(&runs).map_err(|e| io("create", &runs, e))?;
+        // /dev/shm is world-writable: both levels must be ours and closed,
+        // or another user could plant the directory and read step secrets.
+        if let Some(parent) = runs.parent() {
+            kiln_store::ensure_private_dir(parent)?;
+        }
+        kiln_store::ensure_private_dir(&runs)?;
         // Built and locked under a hidden name, then renamed into view, so
         // a cleaner never sees a live scratch without its lock.
         let hidden = tempfile::Builder::new()

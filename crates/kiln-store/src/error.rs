@@ -25,6 +25,8 @@ pub enum Error {
         name: String,
         why: &'static str,
     },
+    #[error("refusing to use {path}: {why}")]
+    Unsafe { path: PathBuf, why: String },
     #[error("store index entry {path} is unreadable: {why}")]
     BadIndex { path: PathBuf, why: String },
 }

@@ -1,7 +1,7 @@
 //! The content-addressed store: everything kiln keeps on disk between runs.
 //!
 //! ```text
-//! STORE/
+//! STORE/             0700: nothing below is reachable by other users
 //!   lock               shared by every process using the store, exclusive for prune
 //!   salt               32 random bytes (0600) keying secret hashes; never leaves the store
 //!   blobs/sha256/HEX   immutable blobs (image layers, manifests, configs, step output)
@@ -33,6 +33,7 @@ mod digest;
 mod error;
 mod gc;
 mod lock;
+mod private;
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
@@ -43,6 +44,7 @@ pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
 pub use gc::{KindUsage, PruneOptions, PruneReport, Usage};
 pub use lock::FileLock;
+pub use private::ensure_private_dir;
 
 use error::IoContext;
 
@@ -82,6 +84,9 @@ impl Store {
     /// areas left by processes that died.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
+        // The root is what keeps other local users out: layers hold setuid
+        // binaries from images, files/ copies of private host files.
+        ensure_private_dir(&root)?;
         for dir in [
             "blobs/sha256",
             "layers",

@@ -1,6 +1,7 @@
 //! Store behaviour on a real filesystem: verification, atomicity, sharing, pruning.
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use kiln_store::{Digest, Error, PruneOptions, Store};
@@ -305,5 +306,103 @@ fn prune_removes_content_objects_once_no_layer_links_them() {
     assert!(
         !object.exists(),
         "its layer went, so it goes in the same prune"
+    );
+}
+
+/// Runs `argv` as the unprivileged user `nobody`, as a local attacker would.
+fn run_as_nobody(argv: &[&std::path::Path]) -> std::io::Result<std::process::Output> {
+    // Not setpriv: it keeps capabilities until exec, so the path lookup
+    // would still be root's.
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .uid(65534)
+        .gid(65534)
+        .output()
+}
+
+fn root_or_skip() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        assert!(
+            std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_none(),
+            "this test needs root"
+        );
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+/// A store inside a directory every user may traverse, as `/var/lib/kiln`
+/// or `~/.local/share/kiln` are.
+fn store_in_open_parent() -> (tempfile::TempDir, Store) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_setuid_binary_in_a_layer_gives_other_users_nothing() {
+    // Needs root: the binary must be owned by root, and run as another user.
+    use std::os::unix::fs::PermissionsExt;
+    if !root_or_skip() {
+        return;
+    }
+    let (_dir, store) = store_in_open_parent();
+    let staged = store.stage_dir().unwrap();
+    let id = staged.path().join("id");
+    fs::copy("/usr/bin/id", &id).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o4755)).unwrap();
+    let layer = store.commit_layer(staged, "setuid-layer").unwrap();
+    let binary = layer.join("id");
+    assert_eq!(
+        fs::metadata(&binary).unwrap().permissions().mode() & 0o7777,
+        0o4755,
+        "containers still see the image's setuid bit"
+    );
+    match run_as_nobody(&[&binary, Path::new("-u")]) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+        Ok(out) => panic!(
+            "another user ran a setuid binary from the store: euid {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    }
+}
+
+#[test]
+fn a_store_left_open_by_an_older_kiln_is_closed_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = store_in_open_parent();
+    let root = store.root().to_owned();
+    assert_eq!(
+        fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    drop(store);
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    let _store = Store::open(dir.path().join("store")).unwrap();
+    assert_eq!(
+        fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn private_host_files_in_the_store_are_unreadable_to_others() {
+    if !root_or_skip() {
+        return;
+    }
+    let (_dir, store) = store_in_open_parent();
+    // files/ objects are normalised to 0644 (their mode is shared by every
+    // layer that links them); the closed root is what keeps them private.
+    let object = store.files_dir().join("object");
+    fs::write(&object, b"-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+    let out = run_as_nobody(&[Path::new("/bin/cat"), &object]).unwrap();
+    assert!(
+        !out.status.success(),
+        "another user read {}",
+        object.display()
     );
 }

@@ -143,7 +143,9 @@ pub async fn run(setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
         .work
         .clone()
         .unwrap_or_else(|| setup.store.join("runner-work"));
-    std::fs::create_dir_all(&work)
+    // Checkouts may hold a repository's private files; other local users
+    // must not reach them.
+    kiln_store::ensure_private_dir(&work)
         .with_context(|| format!("creating the work directory {}", work.display()))?;
     let abandoned = job::remove_abandoned_checkouts(&work);
     if abandoned > 0 {
