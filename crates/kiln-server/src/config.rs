@@ -62,10 +62,43 @@ pub struct ServerConfig {
     /// running jobs to the queue, and a job assigned this long ago that its
     /// runner's heartbeat does not list goes back too.
     pub lost_after: Duration,
+    /// How long a client has to send a whole request head (request line and
+    /// headers): counted from the connection's accept for its first request,
+    /// and from the first byte of each later one. A client that is slower
+    /// (a slowloris) is disconnected. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit between requests, with no
+    /// request in progress, before the server closes it. A request being
+    /// answered never counts as idle: a runner's long-held `next` and a
+    /// followed log stream stay open for as long as their answer lasts.
+    /// Default 60 s, above any client's gap between two requests on one
+    /// connection (runners re-poll at once and heartbeat every few seconds).
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive, counted from the end of
+    /// its head. A body still incomplete then is answered 408 and the
+    /// connection closed, so a body trickled a byte at a time cannot hold a
+    /// connection. Bodies are small (a webhook is at most 1 MiB, a runner's
+    /// log batch far less), so the default 30 s needs only ~35 KiB/s.
+    pub body_read_timeout: Duration,
+    /// The most connections served at once. Beyond it the server stops
+    /// accepting: new connections wait in the listen backlog until one
+    /// closes. Every idle runner holds one connection (its `next`) and
+    /// briefly a second (heartbeats), so the default 4096 leaves room for
+    /// well over a thousand runners; keep the process's open-file limit
+    /// (`ulimit -n`) above it.
+    pub max_connections: usize,
+    /// Directories under which API tokens may register local repositories
+    /// (bare paths or `file://` URLs). Without one, only the admin token may
+    /// add a repository that is not an `https://`, `http://`, `ssh://`,
+    /// `git://` or scp-like `user@host:path` URL. Paths are compared
+    /// component by component and may not contain `..`. Default: none.
+    pub local_repo_roots: Vec<PathBuf>,
 }
 
 impl ServerConfig {
-    /// Defaults: `127.0.0.1:8420`, `DATA/kiln.db`, a 10 s runner timeout.
+    /// Defaults: `127.0.0.1:8420`, `DATA/kiln.db`, a 10 s runner timeout,
+    /// a 10 s header, 60 s idle and 30 s body timeout, 4096 connections,
+    /// and local repositories for the admin token only.
     pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
         let data_dir = data_dir.into();
         ServerConfig {
@@ -73,9 +106,23 @@ impl ServerConfig {
             db: DbUrl::Sqlite(data_dir.join("kiln.db")),
             data_dir,
             lost_after: Duration::from_secs(10),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            local_repo_roots: Vec::new(),
         }
     }
 }
+
+/// The default [`ServerConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`ServerConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default [`ServerConfig::body_read_timeout`].
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -125,5 +172,10 @@ mod tests {
         assert_eq!(config.listen.port(), 8420);
         assert_eq!(config.lost_after, Duration::from_secs(10));
         assert_eq!(config.db, DbUrl::Sqlite("/tmp/x/kiln.db".into()));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_connections, 4096);
+        assert!(config.local_repo_roots.is_empty());
     }
 }

@@ -35,11 +35,21 @@
 //!   handed out once by [`Server::take_initial_admin_token`]. No token value
 //!   or webhook secret reaches a log line, an error or a `Debug` output.
 //! - The server listens on loopback unless configured otherwise.
+//! - No connection is held for free: slow request heads, idle keep-alive
+//!   connections and trickled bodies are cut after their timeouts, and at
+//!   most `max_connections` are served at once (see [`ServerConfig`]). An
+//!   answer in progress (a held `next`, a followed log) is never cut.
+//! - Only the admin token may register a repository that is not a network
+//!   URL (a local path, `file://`, a transport helper), unless it lies
+//!   under one of `local_repo_roots`; nothing git would read as an option
+//!   (url, host, branch, ref) is taken from anyone.
 //! - A runner touches only the jobs it holds.
 
 pub mod config;
+mod conn;
 mod follow;
 mod poller;
+mod repo_url;
 pub mod server;
 pub mod store;
 pub mod token;

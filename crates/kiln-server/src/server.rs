@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) job_events: Notify,
     lost_after: Duration,
     started: tokio::time::Instant,
+    /// Where API tokens may register local repositories.
+    local_repo_roots: Vec<PathBuf>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -95,6 +98,8 @@ pub struct Server {
     listener: TcpListener,
     shared: AppState,
     admin_token: Option<Token>,
+    limits: crate::conn::Limits,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -132,8 +137,15 @@ impl Server {
                 job_events: Notify::new(),
                 lost_after: config.lost_after,
                 started: tokio::time::Instant::now(),
+                local_repo_roots: config.local_repo_roots,
             }),
             admin_token: opened.new_admin_token,
+            limits: crate::conn::Limits {
+                header_read: config.header_read_timeout,
+                idle: config.idle_timeout,
+                body_read: config.body_read_timeout,
+            },
+            max_connections: config.max_connections,
         })
     }
 
@@ -148,7 +160,8 @@ impl Server {
         self.admin_token.take()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then waits for the open
+    /// connections to finish the requests they are answering.
     pub async fn serve_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -159,10 +172,15 @@ impl Server {
             &self.shared,
         ))));
         let app = router(Arc::clone(&self.shared));
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve)
+        crate::conn::serve(
+            self.listener,
+            app,
+            self.limits,
+            self.max_connections,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
 
     /// Serves forever.
@@ -275,6 +293,8 @@ pub(crate) enum ApiError {
     Unauthorized,
     /// A webhook delivery whose signature is missing, wrong or uncheckable.
     BadSignature(String),
+    /// The token is valid but may not do this; the message says what would.
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     BadRequest(String),
@@ -291,6 +311,7 @@ impl IntoResponse for ApiError {
                 "missing, unknown, revoked or wrong kind of token".to_owned(),
             ),
             ApiError::BadSignature(why) => (StatusCode::UNAUTHORIZED, why),
+            ApiError::Forbidden(why) => (StatusCode::FORBIDDEN, why),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, format!("{what} not found")),
             ApiError::Conflict(why) => (StatusCode::CONFLICT, why),
             ApiError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
@@ -353,13 +374,17 @@ impl FromRequestParts<AppState> for AdminOnlyAuth {
 }
 
 /// Holder of an admin or API token.
-struct AdminAuth;
+struct AdminAuth {
+    /// The admin token itself, not an API token.
+    admin: bool,
+}
 
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match principal(parts, state).await? {
-            Principal::Admin | Principal::Api => Ok(AdminAuth),
+            Principal::Admin => Ok(AdminAuth { admin: true }),
+            Principal::Api => Ok(AdminAuth { admin: false }),
             _ => Err(ApiError::Unauthorized),
         }
     }
@@ -450,45 +475,77 @@ struct CreateRepo {
     webhook_secret: Option<String>,
 }
 
+/// Names end up in URLs, paths and command lines: a leading '-' would read
+/// as an option, a leading '.' as a hidden file or `..`.
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
+        && !name.starts_with(['-', '.']);
     if ok {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
-            "{what} {name:?} must be 1 to 100 of A-Z a-z 0-9 - _ . and not start with '.'"
+            "{what} {name:?} must be 1 to 100 of A-Z a-z 0-9 - _ . and not start with '-' or '.'"
         )))
     }
 }
 
+/// Whether the caller may register `url` for repo `name`: network URLs
+/// anyone may; local paths and other transports only the admin token, or
+/// API tokens for paths under a configured root.
+fn check_repo_url(
+    shared: &Shared,
+    auth: &AdminAuth,
+    name: &str,
+    url: &str,
+) -> Result<(), ApiError> {
+    use crate::repo_url::{classify, is_under, UrlKind};
+    // The url itself is not repeated: it may hold a password.
+    let kind = classify(url)
+        .map_err(|why| ApiError::BadRequest(format!("the url of repo {name:?} {why}")))?;
+    if auth.admin {
+        return Ok(());
+    }
+    let allowed_root = match &kind {
+        UrlKind::Network => return Ok(()),
+        UrlKind::Local(Some(path)) => is_under(path, &shared.local_repo_roots),
+        UrlKind::Local(None) | UrlKind::Other => false,
+    };
+    if allowed_root {
+        return Ok(());
+    }
+    let roots = if shared.local_repo_roots.is_empty() {
+        "none are allowed now".to_owned()
+    } else {
+        let shown: Vec<String> = shared
+            .local_repo_roots
+            .iter()
+            .map(|root| root.display().to_string())
+            .collect();
+        format!("allowed now: {}", shown.join(", "))
+    };
+    Err(ApiError::Forbidden(format!(
+        "the url of repo {name:?} is not an https://, http://, ssh://, git:// or user@host:path \
+         URL: only the admin token may add local paths, file:// URLs and other transports. \
+         To let API tokens add local repositories, start the server with \
+         --allow-local-repos DIR and give an absolute path under DIR ({roots})"
+    )))
+}
+
 async fn create_repo(
-    _: AdminAuth,
+    auth: AdminAuth,
     State(shared): State<AppState>,
     Json(body): Json<CreateRepo>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_name("repo name", &body.name)?;
-    if body.url.trim().is_empty() {
-        return Err(ApiError::BadRequest(format!(
-            "repo {:?} needs a url",
-            body.name
-        )));
-    }
-    // git would take such a url for an option.
-    if body.url.starts_with('-') {
-        return Err(ApiError::BadRequest(format!(
-            "the url of repo {:?} must not start with '-'",
-            body.name
-        )));
-    }
+    check_repo_url(&shared, &auth, &body.name, &body.url)?;
     let branch = body.branch.unwrap_or_else(|| "main".to_owned());
-    if branch.is_empty() || branch.starts_with('-') || branch.chars().any(char::is_whitespace) {
+    if let Some(problem) = crate::repo_url::ref_problem(&branch) {
         return Err(ApiError::BadRequest(format!(
-            "branch {branch:?} of repo {:?} must be a branch name",
+            "branch {branch:?} of repo {:?} must be a branch name: it {problem}",
             body.name
         )));
     }
@@ -552,6 +609,13 @@ async fn trigger_job(
     body: Option<Json<TriggerJob>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = body.map(|Json(body)| body).unwrap_or_default();
+    if let Some(git_ref) = &body.git_ref {
+        if let Some(problem) = crate::repo_url::ref_problem(git_ref) {
+            return Err(ApiError::BadRequest(format!(
+                "git_ref {git_ref:?} must be a branch, tag or ref name: it {problem}"
+            )));
+        }
+    }
     if let Some(commit) = &body.commit {
         if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(ApiError::BadRequest(format!(
@@ -1019,5 +1083,9 @@ mod tests {
         assert!(check_name("repo name", "").is_err());
         assert!(check_name("repo name", "../etc").is_err());
         assert!(check_name("repo name", "a b").is_err());
+        assert!(check_name("repo name", "-rf").is_err());
+        assert!(check_name("repo name", "--upload-pack=x").is_err());
+        assert!(check_name("repo name", ".hidden").is_err());
+        assert!(check_name("repo name", "a-b.c").is_ok());
     }
 }

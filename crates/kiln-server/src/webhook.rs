@@ -117,6 +117,12 @@ async fn push(
     else {
         return Ok(ignored("not a push to a branch"));
     };
+    // Jobs hand the branch to git.
+    if let Some(problem) = crate::repo_url::ref_problem(branch) {
+        return Err(ApiError::BadRequest(format!(
+            "push to branch {branch:?} cannot be built: the name {problem}"
+        )));
+    }
     let after = payload.after.as_deref().unwrap_or_default();
     if payload.deleted == Some(true) || (!after.is_empty() && after.bytes().all(|b| b == b'0')) {
         return Ok(ignored("branch deletion"));

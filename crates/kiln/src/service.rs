@@ -44,6 +44,27 @@ pub struct ServerArgs {
     /// queued again (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub runner_timeout: Duration,
+    /// A client must send a whole request head (request line and headers)
+    /// within this long, from connecting or from the head's first byte;
+    /// slower clients are disconnected.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this long. A held runner `next` or a followed log is never idle.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+    /// A request body must arrive within this long after its head, else the
+    /// answer is 408 and the connection is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+    /// The most connections served at once; more wait until one closes.
+    /// Each idle runner holds one or two. Keep `ulimit -n` above it.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
+    /// Let API tokens (not only the admin token) add repositories whose URL
+    /// is a local path or file:// URL under DIR. Repeatable.
+    #[arg(long = "allow-local-repos", value_name = "DIR")]
+    pub allow_local_repos: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

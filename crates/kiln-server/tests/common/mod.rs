@@ -50,12 +50,25 @@ impl TestServer {
     }
 
     pub async fn start_with(lost_after: Duration) -> TestServer {
+        TestServer::start_configured(|config| config.lost_after = lost_after).await
+    }
+
+    /// A server whose config `adjust` changes from the tests' defaults.
+    pub async fn start_configured(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let (addr, handle, admin) = serve(dir.path(), lost_after).await;
+        let mut config = config(dir.path(), Duration::from_secs(10));
+        adjust(&mut config);
+        let mut server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let admin = server
+            .take_initial_admin_token()
+            .map(|token| token.expose().to_owned())
+            .unwrap();
+        let handle = tokio::spawn(async move { server.serve().await.unwrap() });
         TestServer {
             dir,
             addr,
-            admin: admin.unwrap(),
+            admin,
             http: reqwest::Client::new(),
             handle,
         }

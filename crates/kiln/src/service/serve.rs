@@ -21,6 +21,19 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
     let mut config = ServerConfig::new(&data_dir);
     config.listen = args.listen;
     config.lost_after = args.runner_timeout;
+    config.header_read_timeout = args.header_timeout;
+    config.idle_timeout = args.idle_timeout;
+    config.body_read_timeout = args.body_timeout;
+    config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    config.local_repo_roots = args
+        .allow_local_repos
+        .iter()
+        // Roots are compared with absolute paths: a relative DIR means one here.
+        .map(|dir| {
+            std::path::absolute(dir)
+                .with_context(|| format!("--allow-local-repos {}", dir.display()))
+        })
+        .collect::<Result<_>>()?;
     if let Some(db) = &args.db {
         // The parser's errors never repeat the URL, which may hold a password.
         config.db = kiln_server::parse_db_url(db.expose()).context("--db")?;
