@@ -98,6 +98,35 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A layer or image passed one of the [`crate::UnpackLimits`]; `at`
+    /// says where unpacking stopped.
+    #[error("{}", crate::limits::limit_message(*.limit, *.value, .at))]
+    TooLarge {
+        limit: crate::Limit,
+        value: u64,
+        at: String,
+    },
+
+    #[error("{var}={value:?} is not a valid limit ({why}); use a number of bytes such as 17179869184 or 16G, or `unlimited`")]
+    InvalidLimit {
+        var: &'static str,
+        value: String,
+        why: String,
+    },
+
+    #[error("image {image}: layer {index} ({layer}) does not match the image config: rootfs.diff_ids[{index}] is {expected}, but the layer's uncompressed tar hashes to {actual}; the image is damaged or was put together wrongly (docker load refuses it too), so it was not imported")]
+    DiffIdMismatch {
+        image: String,
+        /// The layer's position in the manifest, base layer 0.
+        index: usize,
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("the layer does not match its image config: its uncompressed tar hashes to {actual}, but the config's rootfs.diff_ids lists {expected} for it; the image is damaged or was put together wrongly, so the layer was not unpacked")]
+    LayerDiffIdMismatch { expected: String, actual: String },
+
     #[error("layer is {0}-compressed, which kiln does not read; use an uncompressed, gzip or zstd layer")]
     UnsupportedCompression(&'static str),
 

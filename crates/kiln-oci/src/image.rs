@@ -8,7 +8,9 @@ use oci_spec::image::ImageManifest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{unpack_layer, Reference};
+use crate::limits::{ImageBudget, UnpackLimits};
+use crate::unpack::{unpack_layer_with, UnpackOptions};
+use crate::Reference;
 
 /// An image resolved from the store: what a container needs to run it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,11 @@ pub struct LayerRef {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
+    /// The sha256 of the layer's uncompressed tar as the image config lists
+    /// it (`rootfs.diff_ids`), checked when the layer is unpacked; `None`
+    /// when the config lists none.
+    #[serde(default)]
+    pub diff_id: Option<Digest>,
 }
 
 impl LayerRef {
@@ -74,6 +81,51 @@ pub(crate) struct ConfigFile {
     pub os: Option<String>,
     #[serde(default)]
     pub config: Option<RawConfig>,
+    #[serde(default)]
+    pub rootfs: Option<RootFs>,
+}
+
+/// `rootfs` of an image config: the diff_id of each layer, base first.
+#[derive(Deserialize, Default)]
+pub(crate) struct RootFs {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub diff_ids: Option<Vec<String>>,
+}
+
+impl RootFs {
+    /// The diff_ids as digests, checked against the number of layers.
+    pub(crate) fn diff_ids_for(&self, layers: usize, image: &str) -> Result<Vec<Digest>> {
+        if let Some(kind) = self.kind.as_deref().filter(|k| *k != "layers") {
+            return Err(Error::BadImage {
+                image: image.to_owned(),
+                why: format!("its config's rootfs.type is {kind:?}, not \"layers\""),
+            });
+        }
+        let diff_ids = self.diff_ids.as_deref().unwrap_or_default();
+        if diff_ids.len() != layers {
+            return Err(Error::BadImage {
+                image: image.to_owned(),
+                why: format!(
+                    "its manifest lists {layers} layers but its config has {} diff_ids; rootfs.diff_ids must list the sha256 of each layer's uncompressed tar, base first",
+                    diff_ids.len()
+                ),
+            });
+        }
+        diff_ids
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.parse().map_err(|_| Error::BadImage {
+                    image: image.to_owned(),
+                    why: format!(
+                        "rootfs.diff_ids[{i}] is {d:?}, not a sha256 digest (kiln handles sha256 only)"
+                    ),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -184,14 +236,24 @@ pub fn load_image(store: &Store, reference: &str) -> Result<Image> {
         image: name.clone(),
         why: format!("config {config_digest} is not valid: {e}"),
     })?;
+    // Images from a registry never went through import's checks, so the
+    // diff_ids go with the layers and are checked as each is unpacked. A
+    // config with no rootfs at all has nothing to check against.
+    let file: ConfigFile = serde_json::from_slice(&config_bytes).unwrap_or_default();
+    let diff_ids = match &file.rootfs {
+        Some(rootfs) => Some(rootfs.diff_ids_for(manifest.layers().len(), &name)?),
+        None => None,
+    };
     let layers = manifest
         .layers()
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             Ok(LayerRef {
                 digest: digest_of(l)?,
                 size: l.size(),
                 media_type: l.media_type().to_string(),
+                diff_id: diff_ids.as_ref().map(|d| d[i].clone()),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -244,7 +306,23 @@ pub fn list_images(store: &Store) -> Result<Vec<ImageSummary>> {
 ///
 /// The blob is verified as it is opened; a corrupt one is removed by the
 /// store and reported, naming the layer, with the advice to re-import.
+/// The layer is held to the default [`UnpackLimits`]; see
+/// [`ensure_unpacked_with`].
 pub fn ensure_unpacked(store: &Store, layer: &LayerRef) -> Result<PathBuf> {
+    ensure_unpacked_with(store, layer, &UnpackOptions::default())
+}
+
+/// [`ensure_unpacked`] with explicit limits (and, to cap a whole image, an
+/// [`ImageBudget`] shared by its layers). The layer is unpacked into a
+/// staging directory and committed only if it is within the limits and its
+/// uncompressed tar matches [`LayerRef::diff_id`] (when known); otherwise
+/// the staging directory is removed and nothing is committed. A layer that
+/// is already unpacked is returned as it is, and not counted.
+pub fn ensure_unpacked_with(
+    store: &Store,
+    layer: &LayerRef,
+    options: &UnpackOptions,
+) -> Result<PathBuf> {
     let id = layer.layer_id();
     if store.has_layer(id) {
         store.touch_layer(id);
@@ -256,17 +334,55 @@ pub fn ensure_unpacked(store: &Store, layer: &LayerRef) -> Result<PathBuf> {
             layer: layer.digest.to_string(),
             source,
         })?;
-    let staged = store.stage_dir()?;
-    let stats = unpack_layer(
-        std::io::BufReader::with_capacity(256 * 1024, blob),
-        staged.path(),
-    )
-    .map_err(|e| Error::Layer {
+    let failed = |e: Error| Error::Layer {
         layer: layer.digest.to_string(),
         source: Box::new(e),
-    })?;
+    };
+    // Dropping `staged` on any error below removes the partial layer.
+    let staged = store.stage_dir()?;
+    let stats = unpack_layer_with(
+        std::io::BufReader::with_capacity(256 * 1024, blob),
+        staged.path(),
+        options,
+    )
+    .map_err(failed)?;
+    if let (Some(expected), Some(actual)) = (&layer.diff_id, &stats.diff_id) {
+        if expected != actual {
+            if let Some(budget) = &options.image_budget {
+                budget.give_back(stats.unpacked_bytes);
+            }
+            return Err(failed(Error::LayerDiffIdMismatch {
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            }));
+        }
+    }
     tracing::debug!(layer = %layer.digest, ?stats, "layer unpacked");
     Ok(store.commit_layer(staged, id)?)
+}
+
+/// Unpacks every layer of `image` that is not unpacked yet, base first,
+/// and returns the layer directories, base first. Each layer is held to
+/// `limits.max_layer_bytes`, and the layers unpacked by this call together
+/// to `limits.max_image_bytes` (layers already in the store were checked
+/// when they were unpacked and take no new space, so they are not counted).
+///
+/// Stack the result through [`crate::visible_layers`]: a layer whose tar
+/// has an opaque marker at its root hides the layers below it.
+pub fn ensure_image_unpacked(
+    store: &Store,
+    image: &Image,
+    limits: &UnpackLimits,
+) -> Result<Vec<PathBuf>> {
+    let options = UnpackOptions {
+        limits: *limits,
+        image_budget: Some(ImageBudget::new()),
+    };
+    image
+        .layers
+        .iter()
+        .map(|layer| ensure_unpacked_with(store, layer, &options))
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::compression::{self, Compression};
 use crate::error::{Error, IoContext, Result};
+use crate::limits::{ImageBudget, Meter, MeteredReader, UnpackLimits};
 use crate::{host_platform, Reference};
 
 /// Annotations naming an image in an index, most specific first: containerd
@@ -49,7 +50,27 @@ pub struct ImportedImage {
 /// Images are tagged with `tag` when given (which must then pick out a
 /// single image), else with the names the archive records. From an image
 /// index, only the host platform's manifest is imported.
+///
+/// Each layer is decompressed and hashed before the image is tagged: its
+/// uncompressed tar must hash to the diff_id the config lists for it
+/// (`rootfs.diff_ids`, one per layer, base first), as `docker load`
+/// insists. Layers are held to the default [`UnpackLimits`]; see
+/// [`import_with`].
 pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<ImportedImage>> {
+    import_with(store, path, tag, &UnpackLimits::default())
+}
+
+/// [`import`] with explicit limits: a layer whose uncompressed tar is over
+/// `max_layer_bytes`, an image whose layers together are over
+/// `max_image_bytes`, or a compressed archive that decompresses to more than
+/// `max_image_bytes`, is refused with [`Error::TooLarge`] as soon as the
+/// count passes the limit, and nothing is tagged.
+pub fn import_with(
+    store: &Store,
+    path: &Path,
+    tag: Option<&str>,
+    limits: &UnpackLimits,
+) -> Result<Vec<ImportedImage>> {
     let tag = tag
         .map(|t| t.parse::<Reference>().map(|r| r.name_in_store()))
         .transpose()?;
@@ -59,14 +80,14 @@ pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<Impor
     let source = if meta.is_dir() {
         Source::Dir(path.to_owned())
     } else {
-        let (source, staged) = Source::open_archive(store, path)?;
+        let (source, staged) = Source::open_archive(store, path, limits)?;
         _staged = staged;
         source
     };
     if source.exists("index.json") {
-        import_oci(store, &source, tag.as_deref())
+        import_oci(store, &source, tag.as_deref(), limits)
     } else if source.exists("manifest.json") {
-        import_docker(store, &source, tag.as_deref())
+        import_docker(store, &source, tag.as_deref(), limits)
     } else {
         Err(Error::UnknownFormat {
             path: path.to_owned(),
@@ -96,7 +117,11 @@ impl Source {
         }
     }
 
-    fn open_archive(store: &Store, path: &Path) -> Result<(Source, Option<kiln_store::Staged>)> {
+    fn open_archive(
+        store: &Store,
+        path: &Path,
+        limits: &UnpackLimits,
+    ) -> Result<(Source, Option<kiln_store::Staged>)> {
         let mut file = File::open(path).ctx("open", path)?;
         let mut head = [0u8; 10];
         let n = file.read_at(&mut head, 0).ctx("read", path)?;
@@ -110,11 +135,36 @@ impl Source {
             // archive is decompressed once to a scratch file in the store.
             let dir = store.stage_dir()?;
             let plain = dir.path().join("archive.tar");
-            let (_, mut reader) = compression::decompress(File::open(path).ctx("open", path)?)?;
+            let (_, reader) = compression::decompress(File::open(path).ctx("open", path)?)?;
+            // The archive holds the image's layers, so it is held to the
+            // image limit: a gzip bomb stops here, not when the disk fills.
+            let meter = Meter::new(
+                UnpackLimits {
+                    max_layer_bytes: u64::MAX,
+                    ..*limits
+                },
+                None,
+            )
+            .without_digest();
+            let mut reader = MeteredReader {
+                inner: reader,
+                meter: &meter,
+            };
             let mut out = File::create(&plain).ctx("create", &plain)?;
-            io::copy(&mut reader, &mut out).map_err(|e| Error::UnknownFormat {
-                path: path.to_owned(),
-                why: format!("its {} compression is corrupt: {e}", compression.name()),
+            io::copy(&mut reader, &mut out).map_err(|e| match meter.tripped() {
+                Some(limit) => Error::TooLarge {
+                    limit,
+                    value: meter.value(limit),
+                    at: format!(
+                        "decompressing the {} archive {}",
+                        compression.name(),
+                        path.display()
+                    ),
+                },
+                None => Error::UnknownFormat {
+                    path: path.to_owned(),
+                    why: format!("its {} compression is corrupt: {e}", compression.name()),
+                },
             })?;
             file = File::open(&plain).ctx("open", &plain)?;
             staged = Some(dir);
@@ -358,7 +408,12 @@ fn normalize_name(
 
 // ---- OCI layouts and archives ------------------------------------------------------
 
-fn import_oci(store: &Store, source: &Source, tag: Option<&str>) -> Result<Vec<ImportedImage>> {
+fn import_oci(
+    store: &Store,
+    source: &Source,
+    tag: Option<&str>,
+    limits: &UnpackLimits,
+) -> Result<Vec<ImportedImage>> {
     let where_ = source.path().display().to_string();
     if source.exists("oci-layout") {
         #[derive(Deserialize)]
@@ -422,7 +477,8 @@ fn import_oci(store: &Store, source: &Source, tag: Option<&str>) -> Result<Vec<I
     let chosen = choose(source.path(), candidates, tag)?;
     let mut imported = Vec::new();
     for candidate in chosen {
-        let (manifest_digest, size_bytes, pins) = store_oci_image(store, source, &candidate)?;
+        let (manifest_digest, size_bytes, pins) =
+            store_oci_image(store, source, &candidate, limits)?;
         for name in &candidate.names {
             store.tag_image(name, &manifest_digest, &pins)?;
             imported.push(ImportedImage {
@@ -494,6 +550,7 @@ fn store_oci_image(
     store: &Store,
     source: &Source,
     candidate: &Candidate<Descriptor>,
+    limits: &UnpackLimits,
 ) -> Result<(Digest, u64, Vec<Digest>)> {
     let image = &candidate.label;
     let desc = &candidate.item;
@@ -526,8 +583,83 @@ fn store_oci_image(
         }
     }
     let config_digest = descriptor_digest(manifest.config(), image)?;
-    check_config(&store.read_blob(&config_digest)?, image)?;
+    let config = store.read_blob(&config_digest)?;
+    check_config(&config, image)?;
+    let layers = manifest
+        .layers()
+        .iter()
+        .map(|l| descriptor_digest(l, image))
+        .collect::<Result<Vec<_>>>()?;
+    verify_layers(store, image, &config, &layers, limits)?;
     Ok((manifest_digest, size, pins))
+}
+
+/// Checks an image's stored layers against its config, as `docker load`
+/// does: one diff_id per layer, each the sha256 of the layer's uncompressed
+/// tar. Each layer is decompressed through the limits, so a decompression
+/// bomb is refused once it passes them, having written nothing.
+fn verify_layers(
+    store: &Store,
+    image: &str,
+    config: &[u8],
+    layers: &[Digest],
+    limits: &UnpackLimits,
+) -> Result<()> {
+    let file: crate::image::ConfigFile = parse_json(config, image, "image config")?;
+    let rootfs = file.rootfs.ok_or_else(|| Error::BadImage {
+        image: image.to_owned(),
+        why: "its config has no rootfs (the diff_id of each layer)".into(),
+    })?;
+    let diff_ids = rootfs.diff_ids_for(layers.len(), image)?;
+    let budget = ImageBudget::new();
+    for (index, (layer, expected)) in layers.iter().zip(&diff_ids).enumerate() {
+        let in_layer = |e: Error| Error::Layer {
+            layer: format!("{index} ({layer}) of image {image}"),
+            source: Box::new(e),
+        };
+        // Stored (and so checked against its digest) just now.
+        let path = store.blob_path(layer);
+        let blob = File::open(&path)
+            .ctx("open blob", &path)
+            .map_err(in_layer)?;
+        let (compression, reader) =
+            compression::decompress(io::BufReader::with_capacity(256 * 1024, blob))
+                .map_err(in_layer)?;
+        let meter = Meter::new(*limits, Some(budget.clone()));
+        let mut reader = MeteredReader {
+            inner: reader,
+            meter: &meter,
+        };
+        io::copy(&mut reader, &mut io::sink()).map_err(|source| match meter.tripped() {
+            Some(limit) => Error::TooLarge {
+                limit,
+                value: meter.value(limit),
+                at: format!(
+                    "in layer {index} ({layer}) of image {image}, after {} bytes",
+                    meter.used()
+                ),
+            },
+            None => in_layer(Error::CorruptLayer {
+                context: compression.name().to_owned(),
+                source,
+            }),
+        })?;
+        let actual = meter
+            .finish_digest()
+            .expect("the meter hashes until finished");
+        if &actual != expected {
+            return Err(Error::DiffIdMismatch {
+                image: image.to_owned(),
+                index,
+                layer: layer.to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    // The entry count (max_layer_entries) is checked when the layers are
+    // unpacked.
+    Ok(())
 }
 
 fn descriptor_digest(desc: &Descriptor, image: &str) -> Result<Digest> {
@@ -642,7 +774,12 @@ struct DockerManifestEntry {
     layers: Vec<String>,
 }
 
-fn import_docker(store: &Store, source: &Source, tag: Option<&str>) -> Result<Vec<ImportedImage>> {
+fn import_docker(
+    store: &Store,
+    source: &Source,
+    tag: Option<&str>,
+    limits: &UnpackLimits,
+) -> Result<Vec<ImportedImage>> {
     let where_ = source.path().display().to_string();
     let entries: Vec<DockerManifestEntry> = parse_json(
         &source.read_small("manifest.json")?,
@@ -671,7 +808,8 @@ fn import_docker(store: &Store, source: &Source, tag: Option<&str>) -> Result<Ve
     let chosen = choose(source.path(), candidates, tag)?;
     let mut imported = Vec::new();
     for candidate in chosen {
-        let (manifest_digest, size_bytes, pins) = store_docker_image(store, source, &candidate)?;
+        let (manifest_digest, size_bytes, pins) =
+            store_docker_image(store, source, &candidate, limits)?;
         for name in &candidate.names {
             store.tag_image(name, &manifest_digest, &pins)?;
             imported.push(ImportedImage {
@@ -699,6 +837,7 @@ fn store_docker_image(
     store: &Store,
     source: &Source,
     candidate: &Candidate<DockerManifestEntry>,
+    limits: &UnpackLimits,
 ) -> Result<(Digest, u64, Vec<Digest>)> {
     let image = &candidate.label;
     let entry = &candidate.item;
@@ -718,10 +857,13 @@ fn store_docker_image(
         Ok((digest, size))
     };
     let (config_digest, config_size) = store_member(&entry.config)?;
-    check_config(&store.read_blob(&config_digest)?, image)?;
+    let config = store.read_blob(&config_digest)?;
+    check_config(&config, image)?;
     let mut layers = Vec::new();
+    let mut layer_digests = Vec::new();
     for member in &entry.layers {
         let (digest, size) = store_member(member)?;
+        layer_digests.push(digest.clone());
         let mut head = Vec::new();
         source
             .open(member)?
@@ -738,6 +880,7 @@ fn store_docker_image(
             oci_digest(&digest)?,
         ));
     }
+    verify_layers(store, image, &config, &layer_digests, limits)?;
     let size_bytes = config_size + layers.iter().map(|l| l.size()).sum::<u64>();
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)

@@ -27,8 +27,31 @@
 //! types. An image index is resolved to the host platform's manifest
 //! ([`host_platform`]); only that manifest and its blobs are stored.
 //! Every blob is verified against its digest on the way in (docker save
-//! members get theirs computed), and nothing that fails is stored. The
-//! store pins each tagged image's manifest, config and layers.
+//! members get theirs computed), and nothing that fails is stored. Then,
+//! as `docker load` does, each layer is decompressed and hashed: the config
+//! must list exactly one `rootfs.diff_ids` entry per layer, and each must
+//! be the sha256 of that layer's uncompressed tar; otherwise the image is
+//! refused ([`Error::DiffIdMismatch`] names the layer index and both
+//! digests) and nothing is tagged. The store pins each tagged image's
+//! manifest, config and layers. Images that reach the store another way (a
+//! registry pull) are checked when their layers are unpacked:
+//! [`load_image`] refuses a diff_id count that does not match, and
+//! [`ensure_unpacked`] compares each layer's diff_id as it unpacks it.
+//!
+//! # Limits
+//!
+//! A few kilobytes of gzip or zstd can expand to terabytes, so unpacking
+//! and import count each layer's uncompressed bytes (plus the holes of
+//! sparse files) as they are read, and stop with [`Error::TooLarge`] the
+//! moment a limit of [`UnpackLimits`] is passed: `max_layer_bytes` (8 GiB by
+//! default, `KILN_MAX_LAYER_BYTES`), `max_image_bytes` for an image's layers
+//! together and for a compressed archive being imported (32 GiB,
+//! `KILN_MAX_IMAGE_BYTES`), and `max_layer_entries` (2^21,
+//! `KILN_MAX_LAYER_ENTRIES`). An entry whose header declares more than is
+//! left is refused before anything of it is written, and an entry's
+//! extension headers (which the tar reader holds in memory) are capped at
+//! [`MAX_ENTRY_HEADER_BYTES`]. A refused layer is never committed: its
+//! staging directory is removed.
 //!
 //! # Unpacking rules
 //!
@@ -52,9 +75,13 @@
 //!
 //! OCI whiteouts become overlayfs ones: `dir/.wh.name` removes anything this
 //! layer already put at `dir/name` and leaves a character device 0:0 there;
-//! `dir/.wh..wh..opq` sets `trusted.overlay.opaque=y` on `dir`. Whiteout
-//! entries never appear in the result. A directory recreated over a whiteout
-//! in the same layer is made opaque, so lower contents stay deleted.
+//! `dir/.wh..wh..opq` sets `trusted.overlay.opaque=y` on `dir`, and a
+//! `.wh..wh..opq` at the layer root sets it on the layer's root. Overlayfs
+//! ignores that mark on a layer root, so [`visible_layers`] cuts a layer
+//! stack at the topmost opaque root: whoever mounts the layers must stack
+//! what it returns. Whiteout entries never appear in the result. A
+//! directory recreated over a whiteout in the same layer is made opaque, so
+//! lower contents stay deleted.
 //!
 //! Modes (setuid, setgid and sticky included), owners (when running as
 //! root) and mtimes are applied without following symlinks. Of PAX extended
@@ -65,7 +92,8 @@
 //! or compressed stream is reported as such.
 //!
 //! [`ensure_unpacked`] unpacks a stored layer blob into a staging directory
-//! and commits it atomically as the layer named by the blob digest.
+//! and commits it atomically as the layer named by the blob digest, if it
+//! is within the limits and matches its diff_id.
 //!
 //! # Export: packing, building and saving images
 //!
@@ -79,7 +107,8 @@
 //! - Entries are in byte order of their archive paths, parents before
 //!   children, relative without `./`, directories with a trailing `/`. The
 //!   one exception: an opaque directory's `dir/.wh..wh..opq` comes right
-//!   after the directory, before its children.
+//!   after the directory, before its children (an opaque layer root's
+//!   `.wh..wh..opq` first of all).
 //! - Every mtime is the given one; no atime, ctime, user or group names, or
 //!   device numbers. Owners are the numeric ones in the layer when kiln runs
 //!   as root (container owners), else 0. Permission bits are kept, setuid,
@@ -125,6 +154,7 @@ mod compression;
 mod error;
 mod image;
 mod import;
+mod limits;
 mod pack;
 mod reference;
 mod save;
@@ -134,13 +164,18 @@ pub use build::{write_image, BaseImage, BuiltImage, ImageSpec};
 pub use compression::Compression;
 pub use error::{Error, Result};
 pub use image::{
-    ensure_unpacked, list_images, load_image, Image, ImageConfig, ImageSummary, LayerRef,
+    ensure_image_unpacked, ensure_unpacked, ensure_unpacked_with, list_images, load_image, Image,
+    ImageConfig, ImageSummary, LayerRef,
 };
-pub use import::{import, ImportedImage};
+pub use import::{import, import_with, ImportedImage};
+pub use limits::{ImageBudget, Limit, UnpackLimits, MAX_ENTRY_HEADER_BYTES};
 pub use pack::{pack_layer, PackOptions, PackedLayer, LAYER_MEDIA_TYPE_GZIP};
 pub use reference::{Reference, DEFAULT_DOMAIN};
 pub use save::save;
-pub use unpack::{unpack_layer, UnpackStats, MAX_PATH_LEN, OPAQUE_XATTR};
+pub use unpack::{
+    layer_root_is_opaque, unpack_layer, unpack_layer_with, visible_layers, UnpackOptions,
+    UnpackStats, MAX_PATH_LEN, OPAQUE_XATTR,
+};
 
 /// The host platform in OCI terms: `("linux", "amd64")` on x86-64 Linux.
 pub fn host_platform() -> (&'static str, &'static str) {

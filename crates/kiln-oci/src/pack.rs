@@ -315,7 +315,10 @@ impl<W: Write> Packer<'_, W> {
     /// An explicit stack keeps deep trees off the call stack.
     fn pack_tree(&mut self, root: OwnedFd) -> Result<()> {
         if is_opaque(root.as_fd()).unwrap_or(false) {
-            tracing::debug!(layer = self.layer, "opaque mark on the layer root ignored");
+            // The inverse of unpacking a `.wh..wh..opq` at the root, which
+            // hides every lower layer: first, before any entry of the layer.
+            self.append_empty_file(OPAQUE_MARKER)?;
+            self.stats.opaque_dirs += 1;
         }
         let first = self.list(root, Vec::new())?;
         let mut stack = vec![first];

@@ -13,11 +13,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
+use kiln_store::Digest;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::compression::{decompress, Compression};
 use crate::error::{Error, IoContext, Result};
+use crate::limits::{ImageBudget, Limit, Meter, MeteredReader, UnpackLimits};
 
 /// Longest entry path (or link target) accepted, as Linux's `PATH_MAX`.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -26,6 +28,8 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// The xattr overlayfs reads to hide a lower directory's contents.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Where overlayfs in `userxattr` mode (rootless) looks for it.
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
 const DEVICE_REFUSAL: &str =
     "device nodes are not allowed in layers (a container gets its devices from the runtime)";
@@ -46,8 +50,27 @@ pub struct UnpackStats {
     pub opaque_dirs: u64,
     /// Bytes of regular file content written.
     pub bytes: u64,
+    /// The layer's size as counted against [`UnpackLimits`]: its
+    /// uncompressed tar stream, plus the holes of sparse files.
+    pub unpacked_bytes: u64,
     /// The layer's compression, as detected.
     pub compression: Option<Compression>,
+    /// The sha256 of the uncompressed tar stream: the layer's diff_id,
+    /// which an image config lists in `rootfs.diff_ids`.
+    pub diff_id: Option<Digest>,
+}
+
+/// How [`unpack_layer_with`] and [`crate::ensure_unpacked_with`] bound a
+/// layer. The default has [`UnpackLimits::default`] (built-in limits, raised
+/// or lowered by `KILN_MAX_LAYER_BYTES`, `KILN_MAX_IMAGE_BYTES` and
+/// `KILN_MAX_LAYER_ENTRIES`) and no image budget.
+#[derive(Clone, Debug, Default)]
+pub struct UnpackOptions {
+    pub limits: UnpackLimits,
+    /// Shared by the unpacks of one image's layers so that
+    /// `limits.max_image_bytes` caps their sum. `None` holds this layer
+    /// alone to `max_image_bytes` as well as to `max_layer_bytes`.
+    pub image_budget: Option<ImageBudget>,
 }
 
 /// Stream-unpacks one layer tar (uncompressed, gzip or zstd, detected by
@@ -55,7 +78,23 @@ pub struct UnpackStats {
 ///
 /// On error `dest` is left partly written; callers unpack into a staging
 /// directory and throw it away on failure.
+///
+/// The layer is held to the default [`UnpackLimits`]; see
+/// [`unpack_layer_with`].
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackStats> {
+    unpack_layer_with(reader, dest, &UnpackOptions::default())
+}
+
+/// [`unpack_layer`] with explicit limits. Unpacking stops as soon as the
+/// layer passes one of them, with [`Error::TooLarge`]: at most
+/// `max_layer_bytes` (or what the image budget has left) reach the disk,
+/// and an entry whose header alone declares more is refused before
+/// anything of it is written.
+pub fn unpack_layer_with(
+    reader: impl Read,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats> {
     let root = rustix::fs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -74,6 +113,16 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackStats> {
             source: io::Error::other("destination directory is not empty"),
         });
     }
+    let meter = Meter::new(options.limits, options.image_budget.clone());
+    let result = unpack_metered(reader, root, &meter);
+    if result.is_err() {
+        // The caller throws the partial layer away.
+        meter.refund();
+    }
+    result
+}
+
+fn unpack_metered(reader: impl Read, root: OwnedFd, meter: &Meter) -> Result<UnpackStats> {
     let (compression, reader) = decompress(reader)?;
     let mut unpacker = Unpacker {
         root,
@@ -85,28 +134,91 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<UnpackStats> {
         deferred_dirs: BTreeMap::new(),
         cached_parent: None,
         buf: vec![0u8; 128 * 1024],
+        meter,
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(MeteredReader {
+        inner: reader,
+        meter,
+    });
     let mut last_entry = String::new();
-    let corrupt = |last: &str, source: io::Error| Error::CorruptLayer {
-        context: if last.is_empty() {
-            format!("{}, before the first entry", compression.name())
-        } else {
-            format!("{}, after entry {last:?}", compression.name())
+    let failed = |last: &str, source: io::Error| match meter.tripped() {
+        Some(limit) => too_large(
+            meter,
+            limit,
+            if last.is_empty() {
+                "before the first entry".to_owned()
+            } else {
+                format!("after entry {last:?}")
+            },
+        ),
+        None => Error::CorruptLayer {
+            context: if last.is_empty() {
+                format!("{}, before the first entry", compression.name())
+            } else {
+                format!("{}, after entry {last:?}", compression.name())
+            },
+            source,
         },
-        source,
     };
-    let entries = archive.entries().map_err(|e| corrupt("", e))?;
+    // From here to each entry the tar reader reads headers, which it holds
+    // in memory: the meter bounds them.
+    meter.headers_start();
+    let entries = archive.entries().map_err(|e| failed("", e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt(&last_entry, e))?;
+        let mut entry = entry.map_err(|e| failed(&last_entry, e))?;
+        meter.headers_end();
         last_entry = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         unpacker.entry(&mut entry, compression)?;
+        // Whatever data the entry had and was not unpacked (a directory's,
+        // say) is read here rather than while skipping to the next header.
+        io::copy(&mut entry, &mut io::sink()).map_err(|e| failed(&last_entry, e))?;
+        meter.headers_start();
     }
+    meter.headers_end();
     // Read to the end so a gzip trailer (CRC and length) or a zstd frame end
-    // is checked even though tar stopped at its end-of-archive blocks.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(|e| corrupt(&last_entry, e))?;
+    // is checked even though tar stopped at its end-of-archive blocks. The
+    // meter counts (and hashes) these bytes too.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(|e| failed(&last_entry, e))?;
     unpacker.finish()?;
-    Ok(unpacker.stats)
+    let mut stats = unpacker.stats;
+    stats.unpacked_bytes = meter.used();
+    stats.diff_id = meter.finish_digest();
+    Ok(stats)
+}
+
+fn too_large(meter: &Meter, limit: Limit, at: String) -> Error {
+    Error::TooLarge {
+        limit,
+        value: meter.value(limit),
+        at,
+    }
+}
+
+/// Whether a layer directory's root is opaque: its tar had an opaque
+/// marker (`.wh..wh..opq`) at the root, which the unpacker records as
+/// `trusted.overlay.opaque=y` on the root (or overlayfs' rootless
+/// `user.overlay.opaque=y`). A root that cannot be read says no.
+pub fn layer_root_is_opaque(layer: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    [OPAQUE_XATTR, USER_OPAQUE_XATTR]
+        .into_iter()
+        .any(|name| matches!(rustix::fs::lgetxattr(layer, name, &mut buf), Ok(1) if buf[0] == b'y'))
+}
+
+/// The part of a stack of layer directories (base first, as an image lists
+/// them) that a container sees: from the topmost layer whose root is opaque
+/// (see [`layer_root_is_opaque`]) up, or all of them.
+///
+/// An opaque marker at a layer's root hides every lower layer (OCI image
+/// spec, "Opaque Whiteout"), but overlayfs never consults the opaque mark
+/// on a layer's root: whoever builds the mount (or a merged view) must
+/// leave the lower layers out, by stacking the slice this returns.
+pub fn visible_layers<P: AsRef<Path>>(layers: &[P]) -> &[P] {
+    let start = layers
+        .iter()
+        .rposition(|l| layer_root_is_opaque(l.as_ref()))
+        .unwrap_or(0);
+    &layers[start..]
 }
 
 /// An entry's path split into validated components (no `.`, `..` or empty
@@ -143,6 +255,10 @@ impl EntryPath {
 }
 
 fn show(components: &[Vec<u8>]) -> String {
+    if components.is_empty() {
+        // The layer root.
+        return ".".to_owned();
+    }
     String::from_utf8_lossy(&components.join(&b'/')).into_owned()
 }
 
@@ -195,7 +311,7 @@ impl Meta {
     }
 }
 
-struct Unpacker {
+struct Unpacker<'m> {
     root: OwnedFd,
     is_root: bool,
     stats: UnpackStats,
@@ -207,9 +323,11 @@ struct Unpacker {
     /// directory that left the tree.
     cached_parent: Option<(Vec<Vec<u8>>, OwnedFd)>,
     buf: Vec<u8>,
+    /// Counts the layer against its limits.
+    meter: &'m Meter,
 }
 
-impl Unpacker {
+impl Unpacker<'_> {
     fn entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -223,6 +341,14 @@ impl Unpacker {
             return Ok(());
         }
         self.stats.entries += 1;
+        if self.stats.entries > self.meter.limits().max_layer_entries {
+            self.meter.set_tripped(Limit::LayerEntries);
+            return Err(too_large(
+                self.meter,
+                Limit::LayerEntries,
+                format!("at entry {shown:?}"),
+            ));
+        }
         let path = EntryPath {
             components: split_path(&raw_path, "path", &shown)?,
             display: shown,
@@ -343,6 +469,33 @@ impl Unpacker {
         compression: Compression,
         sparse: bool,
     ) -> Result<()> {
+        // The size the header declares (for a sparse file, with its holes):
+        // refused before anything is written if the limits cannot take it.
+        let expected = entry.size();
+        if let Some(limit) = self.meter.check_claim(expected) {
+            self.meter.set_tripped(limit);
+            return Err(too_large(
+                self.meter,
+                limit,
+                format!(
+                    "at entry {:?}, which declares {expected} bytes",
+                    path.display
+                ),
+            ));
+        }
+        if sparse {
+            // The holes are written out as zeros but never pass through the
+            // meter under the tar reader.
+            let stored = entry.header().entry_size().unwrap_or(0);
+            if self.meter.charge(expected.saturating_sub(stored)).is_err() {
+                let limit = self.meter.tripped().unwrap_or(Limit::LayerBytes);
+                return Err(too_large(
+                    self.meter,
+                    limit,
+                    format!("at sparse entry {:?}", path.display),
+                ));
+            }
+        }
         let parent = self.open_parent(path)?;
         self.clear(parent.as_fd(), path)?;
         let fd = rustix::fs::openat(
@@ -353,7 +506,6 @@ impl Unpacker {
         )
         .map_err(|e| path.io("create file", &path.components, e))?;
         let mut file = File::from(fd);
-        let expected = entry.size();
         let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buf) {
@@ -361,10 +513,17 @@ impl Unpacker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
+                    if let Some(limit) = self.meter.tripped() {
+                        return Err(too_large(
+                            self.meter,
+                            limit,
+                            format!("at entry {:?}, after {written} bytes of it", path.display),
+                        ));
+                    }
                     return Err(Error::CorruptLayer {
                         context: format!("{}, in entry {:?}", compression.name(), path.display),
                         source,
-                    })
+                    });
                 }
             };
             file.write_all(&self.buf[..n])
@@ -575,7 +734,11 @@ impl Unpacker {
         if path.name() == OPAQUE_MARKER {
             let dir = path.parent();
             if dir.is_empty() {
-                tracing::debug!(entry = %path.display, "opaque marker on the layer root ignored");
+                // The layer root: marked like any other opaque directory.
+                // Overlayfs ignores the mark on a layer root, so stacking
+                // honours it instead (see visible_layers).
+                set_opaque(self.root.as_fd(), path)?;
+                self.stats.opaque_dirs += 1;
                 return Ok(());
             }
             let fd = self

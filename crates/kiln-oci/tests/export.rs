@@ -710,6 +710,39 @@ fn whiteouts_opaque_dirs_and_links_round_trip_through_unpack() {
 }
 
 #[test]
+fn an_opaque_layer_root_round_trips_through_pack_and_unpack() {
+    if !is_root() {
+        eprintln!("skipped: trusted.* xattrs need root");
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let id = "5".repeat(64);
+    let layer = make_layer(&store, &id, |r| {
+        set_xattr(r, OPAQUE_XATTR, b"y");
+        write_file(&r.join("new"), b"new", 0o644);
+        mkdir(&r.join("etc"), 0o755);
+    });
+    assert_eq!(xattr(&layer, OPAQUE_XATTR).as_deref(), Some(&b"y"[..]));
+    let packed = pack_layer(&store, &id, &PackOptions { mtime: 0 }).unwrap();
+    let listed = layer_members(&store, &packed);
+    assert_eq!(
+        paths(&listed),
+        [".wh..wh..opq", "etc/", "new"],
+        "the root's opaque marker comes first"
+    );
+
+    let dest = tempfile::tempdir().unwrap();
+    let stats = unpack_layer(
+        std::fs::File::open(store.blob_path(&packed.digest)).unwrap(),
+        dest.path(),
+    )
+    .unwrap();
+    assert_eq!(stats.opaque_dirs, 1);
+    assert_eq!(stats.diff_id.as_ref(), Some(&packed.diff_id));
+    assert_eq!(xattr(dest.path(), OPAQUE_XATTR).as_deref(), Some(&b"y"[..]));
+}
+
+#[test]
 fn refusals_and_skips_name_the_path() {
     let (_dir, store) = temp_store();
 
@@ -1023,6 +1056,7 @@ fn save_writes_an_oci_archive_that_docker_and_skopeo_read() {
             digest: layer.digest.clone(),
             size: layer.size,
             media_type: LAYER_MEDIA_TYPE_GZIP.to_owned(),
+            diff_id: Some(layer.diff_id.clone()),
         }
     );
 

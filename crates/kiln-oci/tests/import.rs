@@ -10,9 +10,10 @@ use common::temp_store;
 use kiln_oci::{ensure_unpacked, import, list_images, load_image, Error, ImageConfig, LayerRef};
 use kiln_store::{Digest, Store};
 use kiln_testkit::{
-    busybox_fixture, busybox_image, host_oci_arch, write_docker_save, write_docker_save_images,
-    write_oci_archive, write_oci_index_layout, write_oci_layout, write_oci_layout_images,
-    Compression, ImageFixture, IndexStyle, LayerBuilder, WrittenImage, DEFAULT_PATH_ENV,
+    busybox_fixture, busybox_image, host_oci_arch, sha256_digest, write_docker_save,
+    write_docker_save_images, write_oci_archive, write_oci_index_layout, write_oci_layout,
+    write_oci_layout_images, Compression, ImageFixture, IndexStyle, LayerBuilder, WrittenImage,
+    DEFAULT_PATH_ENV,
 };
 use serde_json::json;
 
@@ -361,6 +362,55 @@ fn a_blob_not_matching_its_digest_is_refused_and_not_stored() {
 }
 
 #[test]
+fn a_config_whose_diff_id_does_not_match_its_layer_is_refused() {
+    for format in FORMATS {
+        let (tmp, store) = temp_store();
+        let image = small_image(Compression::Gzip, Some("bad-diff-id:1"));
+        let real: Vec<String> = image.layers.iter().map(|(t, _)| sha256_digest(t)).collect();
+        let wrong = sha256_digest(b"some other layer");
+        let image = image.diff_ids(vec![real[0].clone(), wrong.clone()]);
+        let (path, _) = write(format, tmp.path(), &image);
+        let err = import(&store, &path, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::DiffIdMismatch { .. }),
+            "{format:?}: {msg}"
+        );
+        assert!(
+            msg.contains("layer 1") && msg.contains(&wrong) && msg.contains(&real[1]),
+            "{format:?}: names the layer index, expected and actual digest: {msg}"
+        );
+        assert!(
+            store.list_tags().unwrap().is_empty(),
+            "{format:?}: nothing tagged"
+        );
+        assert!(load_image(&store, "bad-diff-id:1").is_err());
+    }
+}
+
+#[test]
+fn a_config_with_more_or_fewer_diff_ids_than_layers_is_refused() {
+    for format in FORMATS {
+        let image = small_image(Compression::Zstd, Some("bad-count:1"));
+        let real: Vec<String> = image.layers.iter().map(|(t, _)| sha256_digest(t)).collect();
+        let fewer = vec![real[0].clone()];
+        let more = vec![real[0].clone(), real[1].clone(), real[1].clone()];
+        for (diff_ids, listed) in [(fewer, 1), (more, 3)] {
+            let (tmp, store) = temp_store();
+            let (path, _) = write(format, tmp.path(), &image.clone().diff_ids(diff_ids));
+            let err = import(&store, &path, None).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::BadImage { .. }), "{format:?}: {msg}");
+            assert!(
+                msg.contains(&format!("{listed} diff_ids")) && msg.contains("2 layers"),
+                "{format:?}: {msg}"
+            );
+            assert!(store.list_tags().unwrap().is_empty(), "{format:?}");
+        }
+    }
+}
+
+#[test]
 fn a_blob_corrupted_in_the_store_is_caught_before_unpacking() {
     let (tmp, store) = temp_store();
     let (path, _) = write(
@@ -406,6 +456,7 @@ fn a_truncated_layer_blob_fails_to_unpack_with_a_clear_error() {
         digest: digest.clone(),
         size: cut.len() as u64,
         media_type: Compression::Gzip.layer_media_type().into(),
+        diff_id: None,
     };
     let err = ensure_unpacked(&store, &layer).unwrap_err();
     let msg = err.to_string();

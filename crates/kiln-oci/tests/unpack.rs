@@ -4,11 +4,14 @@
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{is_root, is_whiteout, tree, unpack_one, xattr, Scratch};
-use kiln_oci::{unpack_layer, Compression as Detected, Error, OPAQUE_XATTR};
-use kiln_testkit::{Compression, LayerBuilder};
+use kiln_oci::{
+    layer_root_is_opaque, unpack_layer, visible_layers, Compression as Detected, Error,
+    OPAQUE_XATTR,
+};
+use kiln_testkit::{typeflag, Compression, LayerBuilder, RawEntry};
 
 fn meta(path: &Path) -> std::fs::Metadata {
     std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -196,6 +199,26 @@ fn opaque_marker_sets_the_overlay_xattr() {
     assert_eq!(xattr(&s.dest.join("lib"), OPAQUE_XATTR), None);
     assert_eq!(tree(&s.dest), ["app", "app/new", "lib", "lib/modules"]);
     assert_eq!(stats.opaque_dirs, 2);
+}
+
+#[test]
+fn an_opaque_marker_at_the_layer_root_marks_the_root() {
+    // Both spellings: bare, and under "./" as GNU tar writes it.
+    for marker in [&b".wh..wh..opq"[..], &b"./.wh..wh..opq"[..]] {
+        let layer = LayerBuilder::new()
+            .dir("./", 0o755)
+            .raw_entry(RawEntry::new(marker, typeflag::REGULAR))
+            .file("new", b"new", 0o644);
+        let (s, stats) = unpack_one(&layer);
+        assert_eq!(
+            xattr(&s.dest, OPAQUE_XATTR).as_deref(),
+            Some(&b"y"[..]),
+            "the layer root carries the opaque mark"
+        );
+        assert_eq!(stats.opaque_dirs, 1);
+        assert_eq!(tree(&s.dest), ["new"], "the marker itself is not unpacked");
+        s.assert_outside_untouched();
+    }
 }
 
 #[test]
@@ -432,4 +455,72 @@ fn unpacked_layers_stack_in_a_real_overlay_mount() {
         !merged.join("app/old1").exists(),
         "opaque dir hides lower contents"
     );
+}
+
+/// An opaque marker at a layer's root hides every lower layer (OCI image
+/// spec, "Opaque Whiteout"). Overlayfs ignores the opaque mark on a layer
+/// root, so the stack is cut with `visible_layers` before mounting.
+#[test]
+fn a_root_opaque_layer_hides_every_lower_layer_in_a_real_overlay_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting overlayfs needs root");
+        return;
+    }
+    let base = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/motd", b"welcome", 0o644)
+        .file("old", b"old", 0o644);
+    let middle = LayerBuilder::new().file("etc/extra", b"x", 0o644);
+    let reset = LayerBuilder::new().opaque("").file("new", b"new", 0o644);
+    let top = LayerBuilder::new().file("etc/later", b"later", 0o644);
+
+    let work = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for (i, layer) in [&base, &middle, &reset, &top].into_iter().enumerate() {
+        let dir = work.path().join(format!("l{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        unpack_layer(layer.build(Compression::Zstd).as_slice(), &dir).unwrap();
+        dirs.push(dir);
+    }
+    assert!(layer_root_is_opaque(&dirs[2]));
+    assert!(!layer_root_is_opaque(&dirs[0]) && !layer_root_is_opaque(&dirs[3]));
+    assert_eq!(
+        visible_layers(&dirs[..2]),
+        &dirs[..2],
+        "no opaque root: all"
+    );
+    assert_eq!(visible_layers(&dirs), &dirs[2..], "from the opaque root up");
+
+    let mount = |layers: &[PathBuf], name: &str| {
+        let merged = work.path().join(name);
+        std::fs::create_dir(&merged).unwrap();
+        let lowerdir = layers
+            .iter()
+            .rev()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        rustix::mount::mount(
+            "overlay",
+            &merged,
+            "overlay",
+            rustix::mount::MountFlags::RDONLY,
+            format!("lowerdir={lowerdir}").as_str(),
+        )
+        .expect("mount overlayfs");
+        merged
+    };
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let merged = Unmount(mount(visible_layers(&dirs), "merged"));
+    assert_eq!(
+        tree(&merged.0),
+        ["etc", "etc/later", "new"],
+        "only the opaque layer and those above it are visible"
+    );
+    assert_eq!(std::fs::read(merged.0.join("new")).unwrap(), b"new");
 }

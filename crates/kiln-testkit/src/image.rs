@@ -29,6 +29,9 @@ pub struct ImageFixture {
     /// The `org.opencontainers.image.ref.name` annotation (OCI) or the
     /// `RepoTags` entry (docker save).
     pub ref_name: Option<String>,
+    /// `rootfs.diff_ids` to write instead of the layers' real ones, for
+    /// tests of images whose config does not match their layers.
+    pub diff_ids: Option<Vec<String>>,
 }
 
 impl ImageFixture {
@@ -37,7 +40,15 @@ impl ImageFixture {
             layers: Vec::new(),
             config,
             ref_name: ref_name.map(str::to_owned),
+            diff_ids: None,
         }
+    }
+
+    /// Writes these `rootfs.diff_ids` into the config (any number, right or
+    /// wrong) instead of the sha256 of each layer's tar.
+    pub fn diff_ids(mut self, diff_ids: Vec<String>) -> ImageFixture {
+        self.diff_ids = Some(diff_ids);
+        self
     }
 
     /// Adds a layer given as an uncompressed tar.
@@ -100,11 +111,13 @@ fn image_blobs(image: &ImageFixture, arch: &str) -> Blobs {
             (compress(tar, *c), *c)
         })
         .collect();
-    let diff_ids: Vec<String> = image
-        .layers
-        .iter()
-        .map(|(tar, _)| sha256_digest(tar))
-        .collect();
+    let diff_ids: Vec<String> = image.diff_ids.clone().unwrap_or_else(|| {
+        image
+            .layers
+            .iter()
+            .map(|(tar, _)| sha256_digest(tar))
+            .collect()
+    });
     let config = serde_json::to_vec(&json!({
         "created": "2024-01-01T00:00:00Z",
         "architecture": arch,
