@@ -34,6 +34,17 @@ pub enum Error {
     /// `file:line:col`.
     #[error("{message}")]
     Load { message: String },
+    /// Evaluation ran into one of its [`EvalLimits`](crate::EvalLimits).
+    #[error("{what} stopped: it exceeded the limit of {limit} (a runaway loop or allocation?); raise it with {flag} if the pipeline really needs more")]
+    LimitExceeded {
+        what: String,
+        limit: String,
+        flag: &'static str,
+    },
+    /// The run was cancelled (Ctrl-C, SIGTERM, a cancelled job) while
+    /// Starlark code was running.
+    #[error("{what} stopped: the run was cancelled")]
+    Cancelled { what: String },
     /// There is no kiln.star where one was expected.
     #[error("{} does not exist", .path.display())]
     NotFound { path: PathBuf },

@@ -75,6 +75,7 @@
 //! [`Error::Engine`] with the engine's error intact.
 
 mod error;
+mod limits;
 mod output;
 mod params;
 mod pipeline;
@@ -83,6 +84,7 @@ mod suggest;
 mod values;
 
 pub use error::Error;
+pub use limits::EvalLimits;
 pub use output::{solve, Output};
 pub use params::{check_args, parse_arg, ArgValue, FunctionInfo, ParamInfo, ParamType};
 pub use pipeline::{find_root, Pipeline, KILN_STAR};

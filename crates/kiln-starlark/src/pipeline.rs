@@ -17,6 +17,7 @@ use starlark::values::list::AllocList;
 use starlark::values::{Heap, Value};
 
 use crate::error::{from_starlark, Error, Phase};
+use crate::limits::EvalLimits;
 use crate::output::Output;
 use crate::params::{
     check_args, flag_name, unknown_param, ArgValue, FunctionInfo, ParamInfo, ParamType,
@@ -110,6 +111,18 @@ impl Pipeline {
         engine: Engine,
         runtime: tokio::runtime::Handle,
     ) -> Result<Pipeline, Error> {
+        Pipeline::load_with_limits(root, engine, runtime, EvalLimits::default())
+    }
+
+    /// [`Pipeline::load`] with explicit evaluation limits, which also bound
+    /// every later [`Pipeline::call`]. Evaluation stops, too, when the
+    /// engine is cancelled.
+    pub fn load_with_limits(
+        root: &Path,
+        engine: Engine,
+        runtime: tokio::runtime::Handle,
+        limits: EvalLimits,
+    ) -> Result<Pipeline, Error> {
         let main = root.join(KILN_STAR);
         if !main.is_file() {
             return Err(Error::NotFound { path: main });
@@ -117,7 +130,11 @@ impl Pipeline {
         let canonical = root.canonicalize().map_err(|e| Error::Load {
             message: format!("cannot resolve {}: {e}", root.display()),
         })?;
-        let ctx = Context { engine, runtime };
+        let ctx = Context {
+            engine,
+            runtime,
+            limits,
+        };
         let globals = globals();
         let loader = Loader {
             root: canonical.clone(),
@@ -229,11 +246,25 @@ impl Pipeline {
                 .collect();
             let mut eval = Evaluator::new(&module);
             eval.extra = Some(&self.ctx);
-            let result = eval
-                .eval_function(f, &positional, &named_values)
-                .map_err(|e| {
-                    from_starlark(locate_call_error(e, self.defs.get(name)), Phase::Eval)
-                })?;
+            let engine = &self.ctx.engine;
+            self.ctx.limits.apply(&mut eval, || engine.is_cancelled());
+            let result = match eval.eval_function(f, &positional, &named_values) {
+                Ok(result) => result,
+                Err(e) => {
+                    let what = format!("{name}()");
+                    if let Some(stopped) =
+                        self.ctx
+                            .limits
+                            .exceeded(&mut eval, engine.is_cancelled(), &what)
+                    {
+                        return Err(stopped);
+                    }
+                    return Err(from_starlark(
+                        locate_call_error(e, self.defs.get(name)),
+                        Phase::Eval,
+                    ));
+                }
+            };
             Ok(Output::from_value(result))
         })
     }
@@ -492,8 +523,21 @@ impl Loader<'_> {
         })?;
         // Parsed under the root-relative name: every position starlark
         // reports is then `kiln.star:3:5` or `lib/go.star:10:1`.
-        let ast = AstModule::parse(&name, source, &self.dialect)
-            .map_err(|e| from_starlark(e, Phase::Parse))?;
+        let ast = match AstModule::parse(&name, source.clone(), &self.dialect) {
+            Ok(ast) => ast,
+            // Starlark places an error at the very end of a file that ends
+            // in a newline at 1:1 with no source line. Without the final
+            // newlines (which change nothing else) the same error is placed
+            // on the last line, where the unfinished code is.
+            Err(e) => {
+                let trimmed = source.trim_end_matches(['\n', '\r']);
+                let e = match AstModule::parse(&name, trimmed.to_owned(), &self.dialect) {
+                    Err(at_end) if trimmed.len() < source.len() => at_end,
+                    _ => e,
+                };
+                return Err(from_starlark(e, Phase::Parse));
+            }
+        };
         let defs = top_level_defs(&ast);
 
         self.stack.borrow_mut().push(rel.to_owned());
@@ -544,8 +588,19 @@ impl Loader<'_> {
                 let mut eval = Evaluator::new(&module);
                 eval.set_loader(&loader);
                 eval.extra = Some(self.ctx);
-                eval.eval_module(ast, self.globals)
-                    .map_err(|e| from_starlark(e, Phase::Eval))?;
+                let engine = &self.ctx.engine;
+                self.ctx.limits.apply(&mut eval, || engine.is_cancelled());
+                if let Err(e) = eval.eval_module(ast, self.globals) {
+                    let what = format!("evaluating {}", display(rel));
+                    if let Some(stopped) =
+                        self.ctx
+                            .limits
+                            .exceeded(&mut eval, engine.is_cancelled(), &what)
+                    {
+                        return Err(stopped);
+                    }
+                    return Err(from_starlark(e, Phase::Eval));
+                }
             }
             module.freeze().map_err(|e| Error::Eval {
                 message: format!("{}: {e:?}", display(rel)),

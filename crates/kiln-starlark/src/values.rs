@@ -28,6 +28,7 @@ use starlark::values::{starlark_value, NoSerialize, StarlarkValue};
 pub(crate) struct Context {
     pub engine: Engine,
     pub runtime: tokio::runtime::Handle,
+    pub limits: crate::EvalLimits,
 }
 
 fn context<'a>(eval: &'a Evaluator) -> anyhow::Result<&'a Context> {

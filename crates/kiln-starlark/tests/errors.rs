@@ -290,3 +290,17 @@ fn pipeline_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Pipeline>();
 }
+
+#[test]
+fn syntax_error_at_the_end_of_the_file_points_at_its_last_line() {
+    let repo = Repo::new(&[(
+        "kiln.star",
+        "# The pipeline.\n\ndef ci():\n    \"\"\"Doc.\"\"\"\n    x = 1\n\n    return (1 +\n",
+    )]);
+    let e = err(repo.load());
+    let Error::Syntax { message } = &e else {
+        panic!("expected a syntax error, got {e:?}");
+    };
+    assert!(message.contains("kiln.star:7:"), "{message}");
+    assert!(message.contains("return (1 +"), "{message}");
+}

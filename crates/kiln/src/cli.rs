@@ -50,6 +50,36 @@ pub struct Global {
     /// Never contact a registry: every image must already be in the store.
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Interpreter steps allowed for evaluating one kiln.star file or one
+    /// function call, so a runaway loop fails instead of holding a core.
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_EVAL_MAX_STEPS",
+        default_value_t = kiln_starlark::EvalLimits::DEFAULT_MAX_STEPS,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub eval_max_steps: u64,
+    /// Starlark memory allowed for one evaluation (e.g. 512MiB, 2GiB).
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_EVAL_MAX_MEMORY",
+        default_value = "1GiB",
+        value_name = "SIZE",
+        value_parser = parse_nonzero_size
+    )]
+    pub eval_max_memory: u64,
+}
+
+impl Global {
+    pub fn eval_limits(&self) -> kiln_starlark::EvalLimits {
+        kiln_starlark::EvalLimits {
+            max_steps: self.eval_max_steps,
+            max_heap_bytes: usize::try_from(self.eval_max_memory).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +282,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         runtime: cli.global.runtime.clone(),
         registry: registry.clone(),
         offline: cli.global.offline,
+        eval: cli.global.eval_limits(),
     };
     match cli.command {
         Command::Image(ImageCommand::Pull { reference }) => images::pull(setup, reference).await,
@@ -481,6 +512,13 @@ fn secret(engine: &Engine, source: &str) -> Result<kiln_engine::Secret> {
         Ok(engine.secret_from_file(path)?)
     } else {
         bail!("secret source must be env:NAME or file:PATH")
+    }
+}
+
+fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be more than 0".to_owned()),
+        n => Ok(n),
     }
 }
 

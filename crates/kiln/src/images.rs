@@ -22,6 +22,8 @@ pub struct EngineSetup {
     pub runtime: PathBuf,
     pub registry: kiln_registry::RegistryOptions,
     pub offline: bool,
+    /// Bounds on kiln.star evaluation.
+    pub eval: kiln_starlark::EvalLimits,
 }
 
 impl EngineSetup {
@@ -69,8 +71,9 @@ pub async fn plan(setup: &EngineSetup, root: &Path) -> Result<ImagePlan> {
     let engine = setup.open_plan()?;
     let handle = tokio::runtime::Handle::current();
     let root = root.to_owned();
+    let eval = setup.eval;
     tokio::task::spawn_blocking(move || -> Result<ImagePlan> {
-        let pipeline = Pipeline::load(&root, engine, handle)?;
+        let pipeline = Pipeline::load_with_limits(&root, engine, handle, eval)?;
         Ok(pipeline.plan_images()?)
     })
     .await?

@@ -28,7 +28,12 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Starlark's diagnostics carry their own "error:".
+            let message = format!("{e:#}");
+            eprintln!(
+                "error: {}",
+                message.strip_prefix("error: ").unwrap_or(&message)
+            );
             ExitCode::FAILURE
         }
     }

@@ -111,8 +111,9 @@ pub async fn functions(setup: EngineSetup, module: ModuleArg) -> Result<ExitCode
     let root = module_root(&module)?;
     let engine = setup.open(LockFile::default(), false)?;
     let handle = tokio::runtime::Handle::current();
+    let eval = setup.eval;
     let infos = tokio::task::spawn_blocking(move || -> Result<Vec<FunctionInfo>> {
-        let pipeline = Pipeline::load(&root, engine, handle)?;
+        let pipeline = Pipeline::load_with_limits(&root, engine, handle, eval)?;
         Ok(pipeline.functions())
     })
     .await??;
@@ -257,8 +258,11 @@ pub async fn call_function(
     let started = std::time::Instant::now();
     let prepared = {
         let engine = engine.clone();
-        tokio::task::spawn_blocking(move || prepare(&root, engine, handle, &name, flags, source))
-            .await?
+        let eval = setup.eval;
+        tokio::task::spawn_blocking(move || {
+            prepare(&root, engine, handle, eval, &name, flags, source)
+        })
+        .await?
     };
     tracing::debug!(
         ms = started.elapsed().as_secs_f64() * 1e3,
@@ -440,11 +444,12 @@ fn prepare(
     root: &Path,
     engine: Engine,
     handle: tokio::runtime::Handle,
+    eval: kiln_starlark::EvalLimits,
     name: &str,
     flags: Vec<String>,
     source: Option<String>,
 ) -> Result<Prepared> {
-    let pipeline = Pipeline::load(root, engine.clone(), handle)?;
+    let pipeline = Pipeline::load_with_limits(root, engine.clone(), handle, eval)?;
     // Commands are shown in kebab-case like their flags; either spelling works.
     let name = resolve_name(&pipeline, name)?;
     let info = pipeline.function(&name)?;

@@ -2,7 +2,8 @@
 //! including the repository's examples end to end. Needs root and runc.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 mod common;
 
@@ -450,4 +451,90 @@ def no_image() -> str:
         "{:?}",
         text(&missing)
     );
+}
+
+const ENDLESS: &str =
+    "def ci():\n    \"\"\"Loops.\"\"\"\n    for i in range(1000000):\n        for j in range(1000000):\n            pass\n";
+
+#[test]
+fn runaway_evaluation_stops_with_an_error_naming_the_limit() {
+    let env = Env::empty();
+    let looping = env.module(
+        "looping",
+        &[(
+            "kiln.star",
+            "for i in range(1000000):\n    for j in range(1000000):\n        pass\n",
+        )],
+    );
+    let out = env
+        .cmd(&["functions", "-m", looping.to_str().unwrap()])
+        .env("KILN_EVAL_MAX_STEPS", "100000")
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("100000 interpreter steps"), "{err}");
+    assert!(err.contains("--eval-max-steps"), "{err}");
+    let eating = env.module(
+        "eating",
+        &[("kiln.star", "X = [i for i in range(1000000000)]\n")],
+    );
+    let out = env.kiln(&[
+        "--eval-max-memory",
+        "16MiB",
+        "functions",
+        "-m",
+        eating.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("16 MiB of Starlark memory"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_are_printed_with_one_error_prefix() {
+    let env = Env::empty();
+    let broken = env.module("broken", &[("kiln.star", "def ci():\n    return (1 +\n")]);
+    let out = env.kiln(&["functions", "-m", broken.to_str().unwrap()]);
+    let (_, err) = text(&out);
+    assert!(err.starts_with("error: Parse error"), "{err}");
+    assert!(!err.contains("error: error:"), "{err}");
+    assert!(err.contains("kiln.star:2:"), "{err}");
+}
+
+#[test]
+fn an_interrupt_or_sigterm_stops_a_looping_evaluation() {
+    let env = Env::empty();
+    let looping = env.module("looping", &[("kiln.star", ENDLESS)]);
+    for signal in ["INT", "TERM"] {
+        let mut child = env
+            .cmd(&["call", "-m", looping.to_str().unwrap(), "ci"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it start looping.
+        std::thread::sleep(Duration::from_millis(1500));
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if sent.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("signal {signal}: still evaluating 20 s after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(130), "signal {signal}");
+    }
 }
