@@ -1059,3 +1059,69 @@ def ci(source: Directory):
     );
     assert!(runner.terminate().success());
 }
+
+/// CPU seconds `pid` has used so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[test]
+fn a_cancelled_job_whose_pipeline_loops_stops_evaluating() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let repo = env.path("repo");
+    let commit = git_repo(
+        &repo,
+        r#"
+def ci(source: Directory):
+    """Never returns."""
+    for i in range(1000000):
+        for j in range(1000000):
+            pass
+"#,
+        &[],
+    );
+    server.add_repo("app", &repo);
+    let mut runner = RunnerProcess::start(&env, &server, "r1");
+    let id = server.trigger("app", &commit);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.job(id)["status"] != "running" {
+        assert!(Instant::now() < deadline, "{}", runner.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Evaluating: the runner burns a core.
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = server.post(&format!("/api/jobs/{id}/cancel"), json!({}));
+    assert_eq!(answer["status"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runner
+        .output()
+        .contains(&format!("job {id} (attempt 1) dropped"))
+    {
+        assert!(Instant::now() < deadline, "{}", runner.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(runner.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(runner.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "the runner used {used:.2} CPU s in 2 s after the cancel: the evaluation still runs"
+    );
+    // And SIGTERM stops it, with nothing left running.
+    runner.signal("TERM");
+    let status = runner.wait_exit();
+    assert!(status.success(), "{}", runner.output());
+}
