@@ -476,9 +476,15 @@ async fn exec(engine: Engine, args: ExecArgs) -> Result<ExitCode> {
     };
     let c = c.with_exec_opts(args.args.clone(), ExecOptions { expect });
 
+    // Like `kiln call`: a signal kills the container instead of leaving it.
+    crate::pipeline::cancel_on_interrupt(&engine);
     let renderer = progress::spawn(&engine, args.progress, &args.image);
     let result = c.sync().await;
     renderer.finish().await;
+    if engine.is_cancelled() {
+        eprintln!("error: interrupted");
+        return Ok(ExitCode::from(crate::pipeline::INTERRUPTED as u8));
+    }
     let c = match result {
         Ok(c) => c,
         Err(e) => {

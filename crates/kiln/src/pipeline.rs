@@ -338,7 +338,7 @@ struct Progress {
 /// engine kills the running steps' containers and starts nothing more, so
 /// no container outlives `kiln`. A second signal exits at once (the next
 /// kiln process cleans up what that leaves).
-fn cancel_on_interrupt(engine: &Engine) {
+pub(crate) fn cancel_on_interrupt(engine: &Engine) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
@@ -366,7 +366,7 @@ fn cancel_on_interrupt(engine: &Engine) {
 }
 
 /// The exit status of a run stopped by Ctrl-C, as shells report it.
-const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 
 impl Watch for Progress {
     fn opened(&mut self, engine: &Engine) {

@@ -351,3 +351,45 @@ def ci(source: Directory) -> str:
     );
     assert!(mounts_under(&env.store()).is_empty());
 }
+
+#[test]
+fn kiln_exec_kills_its_container_on_sigint_and_sigterm() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    for (signal, marker) in [("INT", "62.25"), ("TERM", "62.75")] {
+        let mut child = env
+            .cmd(&["exec", IMAGE, "--", "sh", "-c", &format!("sleep {marker}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !kiln_testkit::sleeper_alive(marker) {
+            assert!(Instant::now() < deadline, "the container never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sent = Instant::now();
+        let pid = child.id().to_string();
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        let took = sent.elapsed();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(130), "SIG{signal}: {stderr}");
+        assert!(took < Duration::from_secs(5), "SIG{signal} took {took:?}");
+        assert!(
+            !kiln_testkit::sleeper_alive(marker),
+            "SIG{signal}: the container's process outlived kiln exec"
+        );
+        assert!(
+            runc_containers(&env.store()).is_empty(),
+            "SIG{signal}: no container outlives kiln exec"
+        );
+    }
+}
