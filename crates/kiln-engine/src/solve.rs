@@ -780,12 +780,20 @@ impl Solver {
             // several jobs at once, each on its own engine.
             container_id: format!("kiln-{}-{}", std::process::id(), next_container()),
             bundle_dir: scratch.bundle.clone(),
-            lower_layers: base
-                .layers
-                .iter()
-                .rev()
-                .map(|l| inner.store.layer_path(l))
-                .collect(),
+            lower_layers: {
+                let stack: Vec<PathBuf> = base
+                    .layers
+                    .iter()
+                    .map(|l| inner.store.layer_path(l))
+                    .collect();
+                // A layer whose root is opaque hides all below it; overlayfs
+                // ignores that mark on a lower's root, so they are left out.
+                kiln_oci::visible_layers(&stack)
+                    .iter()
+                    .rev()
+                    .cloned()
+                    .collect()
+            },
             upper_dir: upper.path().to_owned(),
             work_dir: work.path().to_owned(),
             args: args.clone(),
@@ -798,6 +806,7 @@ impl Solver {
             },
             mounts: binds,
             hostname: None,
+            limits: kiln_exec::StepLimits::default(),
         };
         let capture = Arc::new(Mutex::new(Capture::new(inner.redactor())));
         let sink = {

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use crate::user::ResolvedUser;
@@ -170,6 +170,7 @@ pub(crate) struct ConfigInput<'a> {
     pub network: Network,
     pub mounts: &'a [MountEntry],
     pub hostname: Option<&'a str>,
+    pub limits: crate::StepLimits,
 }
 
 pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecError> {
@@ -230,16 +231,20 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
     // Deny every device, then the runtime adds its standard allow list
     // (null, zero, full, tty, random, urandom, pts). Without a rule at all,
     // cgroup v1 would leave the host's "allow everything" in place.
-    let resources = LinuxResourcesBuilder::default()
-        .devices(vec![LinuxDeviceCgroupBuilder::default()
+    let mut resources =
+        LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
-            .build()?])
-        .build()?;
+            .build()?]);
+    if let Some(limit) = input.limits.pids {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+    }
+    let resources = resources.build()?;
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources)
+        .seccomp(crate::seccomp::default_filter()?)
         .masked_paths(
             MASKED_PATHS
                 .iter()
@@ -319,6 +324,7 @@ mod tests {
             network: Network::None,
             mounts: &m,
             hostname: Some("step"),
+            limits: crate::StepLimits { pids: Some(100) },
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -345,5 +351,11 @@ mod tests {
             .is_empty());
         assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
         assert_eq!(json["hostname"], "step");
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied = json["linux"]["seccomp"]["syscalls"][0]["names"]
+            .as_array()
+            .unwrap();
+        assert!(denied.iter().any(|n| n == "keyctl"), "{denied:?}");
     }
 }

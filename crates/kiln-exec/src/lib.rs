@@ -62,6 +62,7 @@ mod config;
 mod overlay;
 mod rootpath;
 mod runc;
+mod seccomp;
 mod stubs;
 mod user;
 
@@ -236,6 +237,41 @@ pub struct RunSpec {
     pub mounts: Vec<BindMount>,
     /// `None` keeps the host's hostname (the UTS namespace starts as a copy).
     pub hostname: Option<String>,
+    pub limits: StepLimits,
+}
+
+/// Resource limits of one step's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepLimits {
+    /// Processes and threads the step may have at once (the pids cgroup):
+    /// a fork bomb fails inside the step instead of filling the host's
+    /// process table. `None` is unlimited.
+    pub pids: Option<i64>,
+}
+
+impl StepLimits {
+    /// Well above a parallel build's compilers and a JVM's threads.
+    pub const DEFAULT_PIDS: i64 = 4096;
+    pub const PIDS_ENV: &'static str = "KILN_STEP_PIDS_LIMIT";
+}
+
+impl Default for StepLimits {
+    /// [`StepLimits::DEFAULT_PIDS`], or `KILN_STEP_PIDS_LIMIT` (a number, or
+    /// `unlimited`) when set.
+    fn default() -> StepLimits {
+        let pids = match std::env::var(Self::PIDS_ENV) {
+            Ok(v) if v.trim() == "unlimited" => None,
+            Ok(v) => match v.trim().parse::<i64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    tracing::warn!(value = %v, "{} is not a positive number or `unlimited`; using {}", Self::PIDS_ENV, Self::DEFAULT_PIDS);
+                    Some(Self::DEFAULT_PIDS)
+                }
+            },
+            Err(_) => Some(Self::DEFAULT_PIDS),
+        };
+        StepLimits { pids }
+    }
 }
 
 /// Which pipe a chunk of output came from.
@@ -1075,6 +1111,7 @@ fn write_config(
         network: spec.network,
         mounts,
         hostname: spec.hostname.as_deref(),
+        limits: spec.limits,
     })?;
     config.save(path)
 }
@@ -1147,6 +1184,7 @@ mod tests {
             network: Network::None,
             mounts: vec![],
             hostname: None,
+            limits: StepLimits::default(),
         };
         // Never polled: only the type matters.
         assert_send(runtime.run(spec, |_, _| {}));

@@ -602,3 +602,46 @@ async fn trivial_step_timing() {
         times.len()
     );
 }
+
+#[tokio::test]
+async fn a_fork_bomb_stops_at_the_pids_limit() {
+    let Some(fx) = common::fixture("a_fork_bomb_stops_at_the_pids_limit") else {
+        return;
+    };
+    // 200 sleepers: under a limit of 50 the shell's forks start failing;
+    // under the default limit all start. When the shell (pid 1 of the
+    // step) exits, the kernel kills the rest.
+    let bomb = "i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done; echo all started";
+    let mut spec = fx.spec(&["sh", "-c", bomb]);
+    spec.limits = kiln_exec::StepLimits { pids: Some(50) };
+    let (r, out, err) = fx.run(spec).await;
+    r.expect("the step runs");
+    assert!(err.contains("can't fork"), "stdout {out:?}, stderr {err:?}");
+    assert!(!out.contains("all started"), "{out}");
+
+    let (r, out, err) = fx.run(fx.spec(&["sh", "-c", bomb])).await;
+    assert!(r.expect("the step runs").success(), "{err}");
+    assert_eq!(out, "all started\n", "{err}");
+}
+
+#[tokio::test]
+async fn a_step_cannot_open_a_user_namespace_or_enter_another() {
+    let Some(fx) = common::fixture("a_step_cannot_open_a_user_namespace") else {
+        return;
+    };
+    for probe in ["unshare -U true", "unshare -r true", "nsenter -t 1 -m true"] {
+        let (r, out, err) = fx.run(fx.spec(&["sh", "-c", probe])).await;
+        let status = r.expect("the step runs");
+        assert!(
+            !status.success(),
+            "{probe} succeeded inside a step: {out} {err}"
+        );
+    }
+    // Ordinary process creation still works (clone without namespaces,
+    // and clone3 falling back to clone).
+    let (r, out, _) = fx
+        .run(fx.spec(&["sh", "-c", "echo $(echo nested) && (exit 0)"]))
+        .await;
+    assert!(r.expect("runs").success());
+    assert_eq!(out, "nested\n");
+}

@@ -93,6 +93,7 @@ impl Fixture {
             network: Network::None,
             mounts: vec![],
             hostname: None,
+            limits: kiln_exec::StepLimits::default(),
         }
     }
 
