@@ -391,6 +391,17 @@ impl Container {
         blocking(move || read_output(&engine.inner, &state, Stream::Stderr)).await
     }
 
+    /// Copies the latest step's output (scrubbed, as kept) to `to`, in
+    /// bounded memory whatever its size; returns the bytes copied.
+    pub async fn copy_output(
+        &self,
+        stream: Stream,
+        mut to: impl std::io::Write + Send + 'static,
+    ) -> Result<u64> {
+        let (engine, state) = self.solved().await?;
+        blocking(move || crate::solve::copy_output(&engine.inner, &state, stream, &mut to)).await
+    }
+
     /// Exit code of the latest step (use `Expect::Any` to see non-zero ones).
     pub async fn exit_code(&self) -> Result<i32> {
         let (_, state) = self.solved().await?;

@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, Shared};
 use kiln_graph::{Filter, Key, SecretNode, SecretSource};
 use kiln_scrub::Redactor;
 use kiln_store::Store;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, StepId};
@@ -80,7 +80,9 @@ pub(crate) struct Inner {
     pub host_trees: Mutex<HashMap<(PathBuf, Filter), HostSnapshot>>,
     pub secrets: Mutex<HashMap<SecretNode, Arc<Vec<u8>>>>,
     pub redactor: RwLock<Redactor>,
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    subscribers: Mutex<Vec<crate::events::Subscriber>>,
+    /// Wakes steps held back by a subscriber's output backlog.
+    drained: Arc<tokio::sync::Notify>,
     next_step: AtomicU64,
     /// Set once by [`Engine::cancel`]; every running step waits on it.
     cancelled: watch::Sender<bool>,
@@ -118,6 +120,7 @@ impl Engine {
                 secrets: Mutex::new(HashMap::new()),
                 redactor: RwLock::new(Redactor::empty()),
                 subscribers: Mutex::new(Vec::new()),
+                drained: Arc::new(tokio::sync::Notify::new()),
                 next_step: AtomicU64::new(1),
                 cancelled: watch::Sender::new(false),
             }),
@@ -186,11 +189,14 @@ impl Engine {
         }
     }
 
-    /// Progress events from now on. Dropping the receiver unsubscribes.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.inner.subscribers).push(tx);
-        rx
+    /// Progress events from now on. Dropping the subscription unsubscribes.
+    /// A subscriber must keep reading while steps run: once more than 8 MiB
+    /// of output waits for it, steps are held back (their pipes fill) until
+    /// it catches up, so memory stays bounded whatever steps print.
+    pub fn subscribe(&self) -> crate::events::Subscription {
+        let (subscriber, subscription) = crate::events::subscription(self.inner.drained.clone());
+        lock(&self.inner.subscribers).push(subscriber);
+        subscription
     }
 
     /// Registers a secret read from an environment variable. The value is
@@ -299,7 +305,23 @@ impl Inner {
     }
 
     pub fn emit(&self, event: Event) {
-        lock(&self.subscribers).retain(|tx| tx.send(event.clone()).is_ok());
+        lock(&self.subscribers).retain(|s| s.send(&event));
+    }
+
+    /// Whether some subscriber has more output waiting than it may.
+    pub fn output_backlogged(&self) -> bool {
+        lock(&self.subscribers).iter().any(|s| s.backlogged())
+    }
+
+    /// Returns once no subscriber is over its output backlog.
+    pub async fn output_drained(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if !self.output_backlogged() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     pub fn next_step(&self) -> StepId {

@@ -62,3 +62,99 @@ fn lossy<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
+
+/// Output bytes a subscriber may have waiting before steps are held back:
+/// a slow terminal or a runner waiting on its server then pauses the step
+/// (its pipe fills, as under Docker) instead of the engine buffering
+/// output without bound.
+pub(crate) const SUBSCRIBER_BACKLOG_BYTES: usize = 8 << 20;
+
+/// The engine's side of one subscription.
+pub(crate) struct Subscriber {
+    tx: tokio::sync::mpsc::UnboundedSender<Event>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Progress events from [`Engine::subscribe`](crate::Engine::subscribe).
+/// Dropping it unsubscribes.
+pub struct Subscription {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    drained: std::sync::Arc<tokio::sync::Notify>,
+}
+
+pub(crate) fn subscription(
+    drained: std::sync::Arc<tokio::sync::Notify>,
+) -> (Subscriber, Subscription) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (
+        Subscriber {
+            tx,
+            queued: queued.clone(),
+        },
+        Subscription {
+            rx,
+            queued,
+            drained,
+        },
+    )
+}
+
+fn output_len(event: &Event) -> usize {
+    match event {
+        Event::Output { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+impl Subscriber {
+    /// Sends; false once the subscription is gone.
+    pub(crate) fn send(&self, event: &Event) -> bool {
+        let len = output_len(event);
+        // Counted before sending, so a fast receiver never goes below zero.
+        self.queued
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send(event.clone()).is_ok()
+    }
+
+    pub(crate) fn backlogged(&self) -> bool {
+        !self.tx.is_closed()
+            && self.queued.load(std::sync::atomic::Ordering::Relaxed) > SUBSCRIBER_BACKLOG_BYTES
+    }
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        self.received(&event);
+        Some(event)
+    }
+
+    pub fn try_recv(&mut self) -> Result<Event, tokio::sync::mpsc::error::TryRecvError> {
+        let event = self.rx.try_recv()?;
+        self.received(&event);
+        Ok(event)
+    }
+
+    fn received(&self, event: &Event) {
+        let len = output_len(event);
+        if len == 0 {
+            return;
+        }
+        let before = self
+            .queued
+            .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+        if before > SUBSCRIBER_BACKLOG_BYTES {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        // A step held back for this subscriber must not wait for it.
+        self.drained.notify_waiters();
+    }
+}

@@ -28,7 +28,7 @@ mod solve;
 pub use api::{CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result, StepFailure, TAIL_LINES};
-pub use events::{Event, Outcome, StepId, Stream};
+pub use events::{Event, Outcome, StepId, Stream, Subscription};
 pub use images::ImagePolicy;
 pub use kiln_graph::{Expect, Sharing};
 pub use lockfile::{LockFile, LOCK_FILE};

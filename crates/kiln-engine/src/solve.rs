@@ -808,7 +808,7 @@ impl Solver {
             hostname: None,
             limits: kiln_exec::StepLimits::default(),
         };
-        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor())));
+        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
         let sink = {
             let capture = capture.clone();
             let inner = inner.clone();
@@ -817,14 +817,17 @@ impl Solver {
                     kiln_exec::OutputStream::Stdout => Stream::Stdout,
                     kiln_exec::OutputStream::Stderr => Stream::Stderr,
                 };
-                let clean = lock(&capture).push(stream, bytes);
-                if !clean.is_empty() {
-                    inner.emit(Event::Output {
-                        step,
-                        stream,
-                        data: clean,
-                    });
+                let live = lock(&capture).push(stream, bytes);
+                for (stream, data) in live {
+                    inner.emit(Event::Output { step, stream, data });
                 }
+                if inner.output_backlogged() {
+                    let inner = inner.clone();
+                    let wait: kiln_exec::Backpressure =
+                        Some(Box::pin(async move { inner.output_drained().await }));
+                    return wait;
+                }
+                None
             }
         };
         // Cancelling drops the run future, which kills the container and
@@ -834,15 +837,19 @@ impl Solver {
             _ = inner.cancelled() => None,
         };
         let captured = {
-            let mut capture = lock(&capture);
-            for (stream, rest) in capture.finish() {
-                inner.emit(Event::Output {
-                    step,
-                    stream,
-                    data: rest,
-                });
+            let rest = lock(&capture).finish();
+            for (stream, data) in rest {
+                inner.emit(Event::Output { step, stream, data });
             }
-            std::mem::take(&mut *capture)
+            // The sink went with the run future: this is the last handle.
+            match Arc::try_unwrap(capture) {
+                Ok(capture) => capture.into_inner().unwrap_or_else(|p| p.into_inner()),
+                Err(_) => {
+                    return Err(Error::Invalid(
+                        "internal error: step output still in use after the step".into(),
+                    ))
+                }
+            }
         };
         drop(volume_locks);
         drop(keep_alive);
@@ -874,7 +881,7 @@ impl Solver {
                 exit_code: status.code,
                 signal: status.signal,
                 expected: expect,
-                output_tail: tail_lines(&captured.combined, TAIL_LINES),
+                output_tail: tail_lines(&captured.tail(), TAIL_LINES),
             };
             let err = Error::StepFailed(Arc::new(failure));
             self.finish(step, name, started, Err(err.to_string()));
@@ -885,8 +892,7 @@ impl Solver {
             let id = format!("x-{}", key.to_hex());
             tokio::task::spawn_blocking(move || -> Result<(String, Digest, Digest)> {
                 inner.store.commit_layer(upper, &id)?;
-                let stdout = inner.store.put_blob(&captured.stdout)?;
-                let stderr = inner.store.put_blob(&captured.stderr)?;
+                let (stdout, stderr) = captured.store(&inner.store)?;
                 Ok((id, stdout, stderr))
             })
             .await
@@ -1044,25 +1050,115 @@ pub(crate) fn runs_root(store: &kiln_store::Store) -> PathBuf {
     }
 }
 
-/// A step's output as captured: scrubbed per stream, kept per stream for the
-/// cache and interleaved for the failure tail.
-#[derive(Default)]
+/// How much of a step's output (per stream) is kept for the cache and for
+/// `stdout()`: output beyond it still streams live, but is not stored.
+pub(crate) fn kept_output_limit() -> u64 {
+    const DEFAULT: u64 = 64 << 20;
+    match std::env::var(KEPT_OUTPUT_ENV) {
+        Ok(v) => v.trim().parse::<u64>().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+            tracing::warn!(value = %v, "{KEPT_OUTPUT_ENV} is not a positive byte count; using {DEFAULT}");
+            DEFAULT
+        }),
+        Err(_) => DEFAULT,
+    }
+}
+
+pub(crate) const KEPT_OUTPUT_ENV: &str = "KILN_STEP_OUTPUT_LIMIT";
+
+/// The interleaved output kept for a failure's tail: enough for the last
+/// [`TAIL_LINES`] lines of ordinary output, whatever the output's size.
+const TAIL_BYTES: usize = 64 << 10;
+
+/// A step's output as captured: scrubbed per stream, written to a file per
+/// stream (memory stays bounded whatever the output's size), and the last
+/// bytes of both interleaved for the failure tail.
 struct Capture {
     redactors: Option<(kiln_scrub::StreamRedactor, kiln_scrub::StreamRedactor)>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    combined: Vec<u8>,
+    stdout: KeptStream,
+    stderr: KeptStream,
+    tail: std::collections::VecDeque<u8>,
+    // Holds the two files; removed with the capture.
+    _dir: kiln_store::Staged,
+}
+
+/// One stream's kept output: a file, up to `limit` bytes.
+struct KeptStream {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    kept: u64,
+    limit: u64,
+    cut: bool,
+    error: Option<std::io::Error>,
+}
+
+impl KeptStream {
+    fn create(path: PathBuf, limit: u64) -> std::io::Result<KeptStream> {
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(KeptStream {
+            path,
+            file: std::io::BufWriter::with_capacity(64 << 10, file),
+            kept: 0,
+            limit,
+            cut: false,
+            error: None,
+        })
+    }
+
+    /// Keeps what fits; returns the notice to show when the limit is hit.
+    fn keep(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        use std::io::Write;
+        if self.cut || self.error.is_some() {
+            return None;
+        }
+        let room = (self.limit - self.kept).min(bytes.len() as u64) as usize;
+        if let Err(e) = self.file.write_all(&bytes[..room]) {
+            self.error = Some(e);
+            return None;
+        }
+        self.kept += room as u64;
+        if room == bytes.len() {
+            return None;
+        }
+        self.cut = true;
+        let notice = format!(
+            "\n[kiln: this step's output passed {} bytes; the rest is shown live but not kept (set {KEPT_OUTPUT_ENV} to keep more)]\n",
+            self.limit
+        );
+        let _ = self.file.write_all(notice.as_bytes());
+        Some(notice.into_bytes())
+    }
+
+    /// Flushes and hands back the file, or the write error that lost output.
+    fn close(mut self) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.file.flush()?;
+        Ok(self.path)
+    }
 }
 
 impl Capture {
-    fn new(redactor: kiln_scrub::Redactor) -> Capture {
-        Capture {
+    fn new(redactor: kiln_scrub::Redactor, store: &kiln_store::Store) -> Result<Capture> {
+        let dir = store.stage_dir()?;
+        let limit = kept_output_limit();
+        let io = |e: std::io::Error| Error::Invalid(format!("capturing step output: {e}"));
+        Ok(Capture {
             redactors: Some((redactor.stream(), redactor.stream())),
-            ..Default::default()
-        }
+            stdout: KeptStream::create(dir.path().join("stdout"), limit).map_err(io)?,
+            stderr: KeptStream::create(dir.path().join("stderr"), limit).map_err(io)?,
+            tail: std::collections::VecDeque::new(),
+            _dir: dir,
+        })
     }
 
-    fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<u8> {
+    /// Scrubs a chunk and keeps it; returns what to show live (the chunk,
+    /// then a notice if it passed the kept-output limit).
+    fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<(Stream, Vec<u8>)> {
         let Some((out, err)) = self.redactors.as_mut() else {
             return Vec::new();
         };
@@ -1070,33 +1166,54 @@ impl Capture {
             Stream::Stdout => out.push(bytes),
             Stream::Stderr => err.push(bytes),
         };
-        self.record(stream, &clean);
-        clean
+        self.record(stream, clean)
     }
 
-    fn record(&mut self, stream: Stream, clean: &[u8]) {
-        match stream {
-            Stream::Stdout => self.stdout.extend_from_slice(clean),
-            Stream::Stderr => self.stderr.extend_from_slice(clean),
+    fn record(&mut self, stream: Stream, clean: Vec<u8>) -> Vec<(Stream, Vec<u8>)> {
+        let mut live = Vec::new();
+        if clean.is_empty() {
+            return live;
         }
-        self.combined.extend_from_slice(clean);
+        let notice = match stream {
+            Stream::Stdout => self.stdout.keep(&clean),
+            Stream::Stderr => self.stderr.keep(&clean),
+        };
+        self.tail.extend(&clean);
+        if self.tail.len() > TAIL_BYTES {
+            let excess = self.tail.len() - TAIL_BYTES;
+            self.tail.drain(..excess);
+        }
+        live.push((stream, clean));
+        if let Some(notice) = notice {
+            live.push((Stream::Stderr, notice));
+        }
+        live
     }
 
     fn finish(&mut self) -> Vec<(Stream, Vec<u8>)> {
         let Some((out, err)) = self.redactors.take() else {
             return Vec::new();
         };
-        let mut rest = Vec::new();
-        for (stream, bytes) in [
-            (Stream::Stdout, out.finish()),
-            (Stream::Stderr, err.finish()),
-        ] {
-            if !bytes.is_empty() {
-                self.record(stream, &bytes);
-                rest.push((stream, bytes));
-            }
-        }
+        let mut rest = self.record(Stream::Stdout, out.finish());
+        rest.extend(self.record(Stream::Stderr, err.finish()));
         rest
+    }
+
+    fn tail(&self) -> Vec<u8> {
+        self.tail.iter().copied().collect()
+    }
+
+    /// Puts both streams in the store as blobs.
+    fn store(self, store: &kiln_store::Store) -> Result<(Digest, Digest)> {
+        let io = |e: std::io::Error| Error::Invalid(format!("keeping step output: {e}"));
+        let put = |kept: KeptStream| -> Result<Digest> {
+            let path = kept.close().map_err(io)?;
+            let mut file = std::fs::File::open(&path).map_err(io)?;
+            Ok(store.put_blob_from(&mut file, None)?)
+        };
+        let stdout = put(self.stdout)?;
+        let stderr = put(self.stderr)?;
+        Ok((stdout, stderr))
     }
 }
 
@@ -1261,5 +1378,27 @@ pub(crate) fn read_output(inner: &Inner, state: &FsState, stream: Stream) -> Res
         Stream::Stderr => &out.stderr,
     };
     let bytes = inner.store.read_blob(digest)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    // Valid UTF-8 (the usual case) is taken as is, without a second copy.
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Copies an output of a solved container's latest step to `to`, without
+/// holding it in memory.
+pub(crate) fn copy_output(
+    inner: &Inner,
+    state: &FsState,
+    stream: Stream,
+    to: &mut dyn std::io::Write,
+) -> Result<u64> {
+    let out = state.last_exec.as_ref().ok_or_else(|| {
+        Error::Invalid("no command has run in this container yet: call with_exec first".into())
+    })?;
+    let digest = match stream {
+        Stream::Stdout => &out.stdout,
+        Stream::Stderr => &out.stderr,
+    };
+    let mut blob = inner.store.open_blob(digest)?;
+    std::io::copy(&mut blob, to)
+        .map_err(|e| Error::Invalid(format!("writing the step's {stream:?} output: {e}")))
 }

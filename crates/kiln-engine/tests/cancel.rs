@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use kiln_engine::{Engine, Error, Event, Outcome};
 use kiln_testkit::sleeper_alive;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A step that says it started, then sleeps for a duration unique to this
 /// test, so its process can be told apart from every other on the host.
@@ -36,7 +35,7 @@ fn runc_containers(engine: &Engine) -> Vec<String> {
 }
 
 /// Waits until the step has printed "started" and `sleep MARKER` runs.
-async fn wait_started(events: &mut UnboundedReceiver<Event>, marker: u32) {
+async fn wait_started(events: &mut kiln_engine::Subscription, marker: u32) {
     let wait = async {
         while let Some(event) = events.recv().await {
             if let Event::Output { data, .. } = &event {

@@ -274,6 +274,12 @@ impl Default for StepLimits {
     }
 }
 
+/// What an output callback returns: `Some(wait)` to stop reading the
+/// step's pipes until `wait` completes (the step blocks once its pipe is
+/// full), so a slow consumer holds the step back instead of output piling up
+/// in memory.
+pub type Backpressure = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
 /// Which pipe a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OutputStream {
@@ -395,7 +401,7 @@ impl Runtime {
     pub async fn run(
         &self,
         spec: RunSpec,
-        mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
+        mut on_output: impl FnMut(OutputStream, &[u8]) -> Backpressure + Send,
     ) -> Result<ExitStatus, Error> {
         let id = spec.container_id.clone();
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidSpec {
@@ -439,12 +445,12 @@ impl Runtime {
             tokio::select! {
                 r = stdout.read(&mut out_buf), if out_open => match r {
                     Ok(0) => out_open = false,
-                    Ok(n) => on_output(OutputStream::Stdout, &out_buf[..n]),
+                    Ok(n) => if let Some(wait) = on_output(OutputStream::Stdout, &out_buf[..n]) { wait.await },
                     Err(source) => return Err(io_error("reading the process's stdout in bundle", source)),
                 },
                 r = stderr.read(&mut err_buf), if err_open => match r {
                     Ok(0) => err_open = false,
-                    Ok(n) => on_output(OutputStream::Stderr, &err_buf[..n]),
+                    Ok(n) => if let Some(wait) = on_output(OutputStream::Stderr, &err_buf[..n]) { wait.await },
                     Err(source) => return Err(io_error("reading the process's stderr in bundle", source)),
                 },
                 r = child.wait(), if exited.is_none() => {
@@ -1187,7 +1193,7 @@ mod tests {
             limits: StepLimits::default(),
         };
         // Never polled: only the type matters.
-        assert_send(runtime.run(spec, |_, _| {}));
+        assert_send(runtime.run(spec, |_, _| None));
     }
 
     #[test]

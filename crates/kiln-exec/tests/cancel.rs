@@ -44,6 +44,7 @@ async fn dropping_the_future_kills_and_cleans_up() {
         Duration::from_secs(3),
         fx.runtime.run(spec, move |_, chunk| {
             sink.lock().expect("lock").extend_from_slice(chunk);
+            None
         }),
     )
     .await;
@@ -90,6 +91,7 @@ fn stale_run_helper() {
                 if String::from_utf8_lossy(chunk).contains("started") {
                     println!("HELPER-RUNNING");
                 }
+                None
             })
             .await;
         println!("HELPER-FINISHED {result:?}");
@@ -169,6 +171,7 @@ async fn cleanup_stale_cleans_runs_of_killed_processes() {
         if let Some(tx) = tx.take() {
             let _ = tx.send(());
         }
+        None
     });
     let cleaner = async {
         rx.await.expect("live run started");

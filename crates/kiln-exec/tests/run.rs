@@ -44,6 +44,7 @@ async fn killed_by_signal_reports_the_signal() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let run = fx.runtime.run(spec, move |_, chunk| {
         let _ = tx.send(chunk.to_vec());
+        None
     });
     let killer = async {
         rx.recv().await.expect("output before exit");
@@ -202,6 +203,7 @@ async fn output_is_streamed_while_running() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let run = fx.runtime.run(spec, move |stream, chunk| {
         let _ = tx.send((stream, chunk.to_vec()));
+        None
     });
     let driver = async {
         let mut stdout = Vec::new();
@@ -516,7 +518,10 @@ async fn missing_runtime_binary() {
 
     let spec = fx.spec(&["true"]);
     let bundle = spec.bundle_dir.clone();
-    let err = runtime.run(spec, |_, _| {}).await.expect_err("cannot run");
+    let err = runtime
+        .run(spec, |_, _| None)
+        .await
+        .expect_err("cannot run");
     assert!(matches!(err, Error::RuntimeUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/kiln/runc"));
     assert_eq!(common::mounts_under(fx.path()), Vec::<String>::new());
@@ -562,7 +567,7 @@ async fn invalid_specs_are_rejected_up_front() {
     for (what, mutate) in cases {
         let mut spec = fx.spec(&["true"]);
         mutate(&mut spec);
-        let err = fx.runtime.run(spec, |_, _| {}).await.expect_err(what);
+        let err = fx.runtime.run(spec, |_, _| None).await.expect_err(what);
         assert!(matches!(err, Error::InvalidSpec { .. }), "{what}: {err:?}");
         assert!(err.to_string().contains(what), "{what}: {err}");
     }

@@ -492,8 +492,10 @@ async fn exec(engine: Engine, args: ExecArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    print!("{}", c.stdout().await?);
-    eprint!("{}", c.stderr().await?);
+    c.copy_output(kiln_engine::Stream::Stdout, std::io::stdout())
+        .await?;
+    c.copy_output(kiln_engine::Stream::Stderr, std::io::stderr())
+        .await?;
     for spec in &args.export {
         let (path, host) = spec
             .split_once(':')

@@ -393,3 +393,64 @@ fn kiln_exec_kills_its_container_on_sigint_and_sigterm() {
         );
     }
 }
+
+/// The peak resident memory of a running process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_step_printing_200_mb_runs_in_bounded_memory_and_keeps_what_the_limit_allows() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    // 200 MB of output, then a pause so the peak can be read before exit.
+    let script = "head -c 200000000 /dev/zero | tr '\\0' x | fold -w 100; sleep 1";
+    let mut child = env
+        .cmd(&[
+            "exec",
+            IMAGE,
+            "--progress",
+            "plain",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("KILN_STEP_OUTPUT_LIMIT", "1000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut kept).unwrap();
+        kept
+    });
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kiln exec did not finish");
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kept = reader.join().unwrap();
+    eprintln!("peak RSS {} MiB for 200 MB of output", peak / 1024);
+    assert!(peak > 0, "the peak was never read");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB, over 64 MiB");
+    // The result keeps 1,000,000 bytes and says where it stopped.
+    let text = String::from_utf8_lossy(&kept);
+    assert!(kept.len() < 1_001_000, "{} bytes kept", kept.len());
+    assert!(
+        text.contains("KILN_STEP_OUTPUT_LIMIT"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+}

@@ -72,7 +72,7 @@ pub fn bump(name: &str) -> String {
     format!("n=$(cat /count/{name} 2>/dev/null || echo 0); echo $((n+1)) > /count/{name}")
 }
 
-pub fn collect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+pub fn collect(rx: &mut kiln_engine::Subscription) -> Vec<Event> {
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);

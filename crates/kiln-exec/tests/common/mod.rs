@@ -106,9 +106,12 @@ impl Fixture {
         let mut err = Vec::new();
         let result = self
             .runtime
-            .run(spec, |stream, chunk| match stream {
-                OutputStream::Stdout => out.extend_from_slice(chunk),
-                OutputStream::Stderr => err.extend_from_slice(chunk),
+            .run(spec, |stream, chunk| {
+                match stream {
+                    OutputStream::Stdout => out.extend_from_slice(chunk),
+                    OutputStream::Stderr => err.extend_from_slice(chunk),
+                }
+                None
             })
             .await;
         (
