@@ -31,6 +31,10 @@ pub struct EngineOptions {
     /// fail with [`Error::PlanOnly`](crate::Error::PlanOnly). `kiln lock`
     /// evaluates a pipeline this way to learn which images it uses.
     pub plan_only: bool,
+    /// Show a cached step's kept output again, as [`Event::Output`] with
+    /// `replayed`, right after its [`Event::Cached`]: a runner's job log is
+    /// then complete whichever attempt or machine ran the step.
+    pub replay_cached: bool,
 }
 
 impl Default for EngineOptions {
@@ -49,6 +53,7 @@ impl Default for EngineOptions {
                 .max(8),
             images: crate::ImagePolicy::default(),
             plan_only: false,
+            replay_cached: false,
         }
     }
 }
@@ -70,6 +75,7 @@ pub(crate) struct Inner {
     pub images: Mutex<HashMap<String, Arc<kiln_oci::Image>>>,
     pub image_policy: crate::ImagePolicy,
     pub plan_only: bool,
+    pub replay_cached: bool,
     /// Every reference given to `container()`, as written.
     pub image_references: Mutex<BTreeSet<String>>,
     /// Every tag resolved (normalised) and the digest it meant.
@@ -114,6 +120,7 @@ impl Engine {
                 images: Mutex::new(HashMap::new()),
                 image_policy: options.images,
                 plan_only: options.plan_only,
+                replay_cached: options.replay_cached,
                 image_references: Mutex::new(BTreeSet::new()),
                 resolved_images: Mutex::new(BTreeMap::new()),
                 host_trees: Mutex::new(HashMap::new()),

@@ -37,12 +37,17 @@ pub enum Event {
         name: String,
         key: String,
     },
-    /// Output of a running step, in the order it was produced.
+    /// Output of a running step, in the order it was produced; or, with
+    /// `replayed`, the kept output of a cached step as it was when the step
+    /// ran (right after its [`Event::Cached`]; see
+    /// `EngineOptions::replay_cached`).
     Output {
         step: StepId,
         stream: Stream,
         #[serde(serialize_with = "lossy")]
         data: Vec<u8>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
     },
     /// A step ended.
     Finished {

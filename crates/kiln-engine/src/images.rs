@@ -137,6 +137,7 @@ impl Inner {
                 step,
                 stream: crate::events::Stream::Stdout,
                 data: line.into_bytes(),
+                replayed: false,
             });
         };
         let result = kiln_registry::blocking::pull(

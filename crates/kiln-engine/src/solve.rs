@@ -445,6 +445,11 @@ impl Solver {
                 name: name.to_owned(),
                 key: key.short(),
             });
+            // Only an exec's own record names its output: other operations
+            // carry the last exec's output along unchanged.
+            if self.inner.replay_cached && name.starts_with("exec ") {
+                self.replay(step, &state).await;
+            }
             return Ok(state);
         }
         let state = compute.await?;
@@ -452,6 +457,46 @@ impl Solver {
             .map_err(|e| Error::Internal(format!("encode cache record: {e}")))?;
         self.inner.store.ac_put(&key.to_hex(), &record)?;
         Ok(state)
+    }
+
+    /// Emits a cached step's kept output, so a log shows it whichever run
+    /// or machine ran the step. Best effort: the result stands without it.
+    async fn replay(&self, step: crate::events::StepId, state: &FsState) {
+        let Some(out) = state.last_exec.clone() else {
+            return;
+        };
+        for (stream, digest) in [(Stream::Stdout, out.stdout), (Stream::Stderr, out.stderr)] {
+            let inner = self.inner.clone();
+            let bytes =
+                match tokio::task::spawn_blocking(move || inner.store.read_blob(&digest)).await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot replay a cached step's output");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+            // Kept output was scrubbed when it ran; scrub again, since this
+            // run may know secrets that one did not.
+            let mut redactor = self.inner.redactor().stream();
+            let emit = |data: Vec<u8>| {
+                if !data.is_empty() {
+                    self.inner.emit(Event::Output {
+                        step,
+                        stream,
+                        data,
+                        replayed: true,
+                    });
+                }
+            };
+            for chunk in bytes.chunks(64 << 10) {
+                emit(redactor.push(chunk));
+                if self.inner.output_backlogged() {
+                    self.inner.output_drained().await;
+                }
+            }
+            emit(redactor.finish());
+        }
     }
 
     async fn lookup(&self, key: Key) -> Result<Option<FsState>> {
@@ -819,7 +864,12 @@ impl Solver {
                 };
                 let live = lock(&capture).push(stream, bytes);
                 for (stream, data) in live {
-                    inner.emit(Event::Output { step, stream, data });
+                    inner.emit(Event::Output {
+                        step,
+                        stream,
+                        data,
+                        replayed: false,
+                    });
                 }
                 if inner.output_backlogged() {
                     let inner = inner.clone();
@@ -839,7 +889,12 @@ impl Solver {
         let captured = {
             let rest = lock(&capture).finish();
             for (stream, data) in rest {
-                inner.emit(Event::Output { step, stream, data });
+                inner.emit(Event::Output {
+                    step,
+                    stream,
+                    data,
+                    replayed: false,
+                });
             }
             // The sink went with the run future: this is the last handle.
             match Arc::try_unwrap(capture) {

@@ -71,6 +71,11 @@ pub struct Global {
         value_parser = parse_nonzero_size
     )]
     pub eval_max_memory: u64,
+    /// Show a cached step's output again (as it was when the step ran)
+    /// instead of only "CACHED". `kiln runner` always does, so job logs are
+    /// complete.
+    #[arg(long, global = true, env = "KILN_REPLAY_CACHED")]
+    pub replay_cached: bool,
 }
 
 impl Global {
@@ -283,6 +288,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         registry: registry.clone(),
         offline: cli.global.offline,
         eval: cli.global.eval_limits(),
+        replay_cached: cli.global.replay_cached,
     };
     match cli.command {
         Command::Image(ImageCommand::Pull { reference }) => images::pull(setup, reference).await,

@@ -24,6 +24,8 @@ pub struct EngineSetup {
     pub offline: bool,
     /// Bounds on kiln.star evaluation.
     pub eval: kiln_starlark::EvalLimits,
+    /// Show cached steps' output again (see `EngineOptions::replay_cached`).
+    pub replay_cached: bool,
 }
 
 impl EngineSetup {
@@ -49,6 +51,7 @@ impl EngineSetup {
                 registry: self.registry.clone(),
             },
             plan_only,
+            replay_cached: self.replay_cached,
             ..EngineOptions::default()
         })
         .with_context(|| format!("opening the engine (store {})", self.store.display()))?;

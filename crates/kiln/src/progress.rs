@@ -109,7 +109,9 @@ impl Sink {
 fn plain(event: &Event) {
     let mut err = std::io::stderr().lock();
     let _ = match event {
-        Event::Output { step, stream, data } => {
+        Event::Output {
+            step, stream, data, ..
+        } => {
             let tag = match stream {
                 Stream::Stdout => "",
                 Stream::Stderr => " stderr",

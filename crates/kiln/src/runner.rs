@@ -133,7 +133,10 @@ impl std::fmt::Debug for RegistrationToken {
     }
 }
 
-pub async fn run(setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
+pub async fn run(mut setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
+    // A job's log must hold its steps' output even when a step is a cache
+    // hit (another attempt, another runner, or a laptop ran it).
+    setup.replay_cached = true;
     let api = Arc::new(Api::new(&args.server)?);
     let name = match args.name {
         Some(name) => name,

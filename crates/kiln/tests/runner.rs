@@ -581,6 +581,40 @@ fn a_job_runs_streams_its_log_and_steps_and_shares_the_cache_with_kiln_run() {
                 .all(|s| s["cached"] == true && s["status"] == "cached"),
         "{steps:?}"
     );
+    // Its log still holds the step's output, replayed from the store, after
+    // the line that marks the step cached.
+    let logs = server.logs(again);
+    assert_contiguous(&logs);
+    assert_eq!(
+        joined(&logs, Some("stdout")),
+        "one\nhello from git\nthree\n",
+        "{:?}",
+        joined(&logs, None)
+    );
+    assert_eq!(joined(&logs, Some("stderr")), "two\n");
+    let all = joined(&logs, None);
+    let cached_at = all.find("CACHED").expect("the step is marked cached");
+    assert!(all[cached_at..].contains("hello from git"), "{all}");
+
+    // Locally the replay is asked for; without it a hit prints no output.
+    let replayed = env.kiln(&[
+        "run",
+        "-m",
+        clone.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--replay-cached",
+    ]);
+    let (_, stderr) = text(&replayed);
+    assert!(replayed.status.success(), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.ends_with(" | hello from git")),
+        "{stderr}"
+    );
+    assert!(
+        !text(&run).1.contains("hello from git"),
+        "without --replay-cached a hit shows no output"
+    );
 
     let status = runner.terminate();
     assert!(status.success(), "{}", runner.output());

@@ -451,7 +451,9 @@ impl StepLog {
                     duration_ms: None,
                 });
             }
-            Event::Output { step, stream, data } => {
+            Event::Output {
+                step, stream, data, ..
+            } => {
                 let stream = stream_name(stream);
                 let text = self.decode(step, stream, data);
                 self.log.output(stream, text);
