@@ -9,15 +9,34 @@
 //!
 //! For every non-empty secret value:
 //!
-//! - the raw bytes;
+//! - the raw bytes, and for a multi-line secret the same text with its line
+//!   ends changed: CRLF printed as LF, and every LF printed as CRLF (as a
+//!   Windows tool or a terminal's ONLCR prints it; CR CR LF when the secret
+//!   already had CRLF). Like the raw value these are masked at any length;
 //! - base64, in the standard and URL-safe alphabets, padded and unpadded, at
 //!   all three byte alignments (see below);
 //! - double base64: the base64 of the secret's standard base64 (and of its
-//!   alignment cores), again at all three alignments of the outer encoding;
+//!   alignment cores, and of its 76-column LF-wrapped encoding), again at
+//!   all three alignments of the outer encoding;
+//! - standard base64 wrapped into lines of 76 columns (GNU coreutils and
+//!   busybox `base64`, Python's `base64.encodebytes`, MIME) or 64 columns
+//!   (PEM, `openssl base64`), with LF or CRLF line ends (see below);
 //! - lowercase and uppercase hex;
 //! - percent-encoding with upper- and lowercase escapes, with `%20` or `+` for
 //!   space, under the escape sets of common encoders (RFC 3986 strict,
-//!   Python's `quote`, JavaScript's `encodeURIComponent`, escape-everything);
+//!   Python's `quote`, JavaScript's `encodeURIComponent`, PHP's `urlencode`,
+//!   Java's `URLEncoder`, everything but letters and digits), and with every
+//!   byte escaped, letters and digits included (`%5a%71...`; there the first
+//!   `%` is left in front of the mask, so that output ending in `%` is never
+//!   held back as the possible start of a secret);
+//! - for a secret that is valid UTF-8, its body inside a JSON string literal:
+//!   `"` and `\` escaped, control characters as `\n`, `\r`, `\t`, `\b`,
+//!   `\f` or `\u00XX`, in every combination of `/` as `\/` (PHP), all of
+//!   non-ASCII and DEL as `\uXXXX` with surrogate pairs (Python's and PHP's
+//!   default), `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX` (Go's default), and
+//!   upper-case hex in `\u` escapes (Jackson); also each of these escaped a
+//!   second time, for JSON inside a JSON string; also for the line-end
+//!   variants above;
 //! - for multi-line secrets such as PEM keys, each line of at least 8 bytes
 //!   (ignoring `\r`), since tools often print them one line at a time.
 //!
@@ -25,6 +44,35 @@
 //! ordinary output and would protect only a few bits. The raw value is always
 //! masked. When two forms start at the same place the longest wins, so a
 //! padded encoding is masked whole rather than leaving its `=` behind.
+//!
+//! # Wrapped base64
+//!
+//! An encoder that wraps counts columns from the start of its output, so
+//! where the line breaks fall among the secret's characters depends on where
+//! the secret sits in the encoded data: its "lead", the offset from the start
+//! of a line's 57 (or 48) input bytes. Lines always start a 3-byte group, so
+//! the lead also fixes the alignment. Masked, for both widths and both line
+//! ends:
+//!
+//! - lead 0, i.e. the secret starts the data or a line
+//!   (`printf %s "$SECRET" | base64`): the whole wrapped encoding, as one
+//!   mask; also for double base64 with the outer layer wrapped
+//!   (`base64 | base64`, `base64 -w0 | base64`);
+//! - any lead at which the secret spans two lines: the whole, as one mask;
+//! - longer spans at any other lead, line by line: the first partial line
+//!   from the secret's first character to the line break (at least 6
+//!   characters; the line break itself is kept), every full line (the
+//!   encoding of any 57 or 48 consecutive secret bytes), and the last
+//!   partial line together with the full line before it, however short.
+//!
+//! Characters that mix secret bits with neighbouring bytes may survive at
+//! either edge, as in unwrapped streams: with `echo "$SECRET" | base64` the
+//! character that also encodes echo's newline, and what follows, are left.
+//! One exception: if a secret repeats a full line's worth of its own bytes
+//! (57 or 48) and the next line's worth after that repetition begins like
+//! the secret's last partial line, that last partial line is not masked at
+//! leads other than 0 (masking it could take the start of the full line
+//! instead). Full lines are masked regardless.
 //!
 //! # Why alignments matter
 //!
@@ -68,9 +116,12 @@
 //!
 //! # Limits
 //!
-//! Forms not listed above (line-wrapped base64, JSON or shell escaping, other
-//! encodings) are not recognised. Redaction is a last line of defence and
-//! not a substitute for keeping secrets away from untrusted steps.
+//! Forms not listed above are not recognised: among others base64 wrapped at
+//! other widths or in the URL-safe alphabet, wrapped double base64 with the
+//! secret not at lead 0 of the outer layer, JSON escaping of invalid UTF-8
+//! or of another encoding, shell quoting, and other encodings. Redaction is
+//! a last line of defence and not a substitute for keeping secrets away from
+//! untrusted steps.
 
 mod patterns;
 mod prefix;
@@ -93,6 +144,9 @@ enum Matcher {
         ac: AhoCorasick,
         /// Over the same patterns; only streaming needs it.
         prefixes: PrefixTrie,
+        /// Per pattern, how many of its final bytes (a line break) are
+        /// written out after the mask instead of being masked.
+        kept: Box<[u8]>,
     },
     /// The automaton could not be built (only possible with absurdly large
     /// secret sets). Output is replaced wholesale rather than leaked.
@@ -124,7 +178,7 @@ impl Redactor {
         for secret in secrets {
             set.add_secret(secret.as_ref());
         }
-        let patterns = set.into_vec();
+        let (patterns, kept) = set.into_parts();
 
         let matcher = if patterns.is_empty() {
             Matcher::Nothing
@@ -134,7 +188,11 @@ impl Redactor {
                 .build(&patterns);
             let prefixes = PrefixTrie::new(patterns.iter().map(Vec::as_slice));
             match (ac, prefixes) {
-                (Ok(ac), Some(prefixes)) => Matcher::Automaton { ac, prefixes },
+                (Ok(ac), Some(prefixes)) => Matcher::Automaton {
+                    ac,
+                    prefixes,
+                    kept: kept.into_boxed_slice(),
+                },
                 _ => Matcher::FailClosed,
             }
         };
@@ -162,9 +220,9 @@ impl Redactor {
         match &self.inner.matcher {
             Matcher::Nothing => input.to_vec(),
             Matcher::FailClosed => fail_closed(input),
-            Matcher::Automaton { ac, .. } => {
+            Matcher::Automaton { ac, kept, .. } => {
                 let mut out = Vec::with_capacity(input.len());
-                let end = mask_matches(ac, input, input.len(), &mut out);
+                let end = mask_matches(ac, kept, input, input.len(), &mut out);
                 out.extend_from_slice(&input[end..]);
                 out
             }
@@ -179,7 +237,7 @@ impl Redactor {
     /// leaving half of it behind, so all text outside a secret is returned
     /// unchanged.
     pub fn redact_str(&self, input: &str) -> String {
-        let ac = match &self.inner.matcher {
+        let (ac, kept) = match &self.inner.matcher {
             Matcher::Nothing => return input.to_owned(),
             Matcher::FailClosed => {
                 return if input.is_empty() {
@@ -188,7 +246,7 @@ impl Redactor {
                     MASK.to_owned()
                 }
             }
-            Matcher::Automaton { ac, .. } => ac,
+            Matcher::Automaton { ac, kept, .. } => (ac, kept),
         };
         let mut out = String::with_capacity(input.len());
         let mut last = 0;
@@ -203,6 +261,11 @@ impl Redactor {
             // mislead about how many secrets were there.
             if end > last {
                 out.push_str(MASK);
+                // A kept tail is an ASCII line break: `m.end()` is then a
+                // character boundary, and the tail valid text on its own.
+                if let Some(tail) = input.get(m.end() - kept_len(kept, &m)..m.end()) {
+                    out.push_str(tail);
+                }
                 last = end;
             }
         }
@@ -247,7 +310,13 @@ fn fail_closed(input: &[u8]) -> Vec<u8> {
 /// Appends `input` to `out` with matches masked, up to the last match that
 /// starts before `limit`. Returns where the caller should continue: the end
 /// of that match, or 0 if there was none. Bytes from there on are not copied.
-fn mask_matches(ac: &AhoCorasick, input: &[u8], limit: usize, out: &mut Vec<u8>) -> usize {
+fn mask_matches(
+    ac: &AhoCorasick,
+    kept: &[u8],
+    input: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> usize {
     let mut last = 0;
     for m in ac.find_iter(input) {
         if m.start() >= limit {
@@ -255,9 +324,17 @@ fn mask_matches(ac: &AhoCorasick, input: &[u8], limit: usize, out: &mut Vec<u8>)
         }
         out.extend_from_slice(&input[last..m.start()]);
         out.extend_from_slice(MASK.as_bytes());
+        out.extend_from_slice(&input[m.end() - kept_len(kept, &m)..m.end()]);
         last = m.end();
     }
     last
+}
+
+/// How many final bytes of match `m` stay visible after its mask. Patterns
+/// with a kept tail are always longer than it.
+fn kept_len(kept: &[u8], m: &aho_corasick::Match) -> usize {
+    kept.get(m.pattern().as_usize())
+        .map_or(0, |&k| usize::from(k).min(m.len()))
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -287,10 +364,10 @@ impl StreamRedactor {
     /// (already redacted).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let inner = &*self.redactor.inner;
-        let (ac, prefixes) = match &inner.matcher {
+        let (ac, prefixes, kept) = match &inner.matcher {
             Matcher::Nothing => return chunk.to_vec(),
             Matcher::FailClosed => return fail_closed(chunk),
-            Matcher::Automaton { ac, prefixes } => (ac, prefixes),
+            Matcher::Automaton { ac, prefixes, kept } => (ac, prefixes, kept),
         };
 
         self.pending.extend_from_slice(chunk);
@@ -298,7 +375,7 @@ impl StreamRedactor {
         let safe = self.pending.len() - held;
 
         let mut out = Vec::with_capacity(safe + MASK.len());
-        let match_end = mask_matches(ac, &self.pending, safe, &mut out);
+        let match_end = mask_matches(ac, kept, &self.pending, safe, &mut out);
         let cut = match_end.max(safe);
         out.extend_from_slice(&self.pending[match_end..cut]);
         self.pending.drain(..cut);

@@ -30,6 +30,10 @@ pub(crate) struct PrefixTrie {
     nodes: Vec<Node>,
     /// Per node, sorted by byte so lookups can binary-search.
     edges: Vec<(u8, u32)>,
+    /// The root's children by byte (`ROOT` for none): every failure chain
+    /// ends at the root, and its many children make a search the slowest
+    /// lookup of a step.
+    root: Box<[u32; 256]>,
     max_len: usize,
 }
 
@@ -110,9 +114,15 @@ impl PrefixTrie {
             edges.extend_from_slice(own);
         }
 
+        let mut root = Box::new([ROOT; 256]);
+        for &(byte, child) in &children[ROOT as usize] {
+            root[usize::from(byte)] = child;
+        }
+
         Some(PrefixTrie {
             nodes,
             edges,
+            root,
             max_len,
         })
     }
@@ -129,16 +139,14 @@ impl PrefixTrie {
     }
 
     fn step(&self, mut state: u32, byte: u8) -> u32 {
-        loop {
+        while state != ROOT {
             let node = self.node(state);
             if let Some(next) = self.child(node, byte) {
                 return next;
             }
-            if state == ROOT {
-                return ROOT;
-            }
             state = node.fail;
         }
+        self.root[usize::from(byte)]
     }
 
     /// Length of the longest suffix of `data` that is a proper prefix of some

@@ -135,7 +135,7 @@ pub fn show(b: &[u8]) -> String {
 }
 
 /// Input bytes that base64 character `i` is built from (bits 6i..6i+6).
-fn deps(i: usize) -> Range<usize> {
+pub fn deps(i: usize) -> Range<usize> {
     (6 * i) / 8..(6 * i + 5) / 8 + 1
 }
 
