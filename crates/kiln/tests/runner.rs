@@ -858,8 +858,27 @@ def ci(source: Directory):
     server.wait_log(id, "line 3\n", Duration::from_secs(60), &runner);
     server.stop();
     // The job runs on, its output piling up in the runner.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Long enough for the runner's retries to back off to 2 s apart.
+    std::thread::sleep(Duration::from_millis(3000));
     server.restart();
+    // The backlog (at least 30 lines by now) goes out as soon as the runner
+    // sees the server again, not after its retry backoff.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runner.output().contains("answers again") {
+        assert!(Instant::now() < deadline, "{}", runner.output());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen_again = Instant::now();
+    while !joined(&server.logs(id), Some("stdout")).contains("line 30\n") {
+        assert!(Instant::now() < deadline, "{}", runner.output());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let backlog_delay = seen_again.elapsed();
+    eprintln!("backlog delivered {backlog_delay:?} after the runner saw the server again");
+    assert!(
+        backlog_delay < Duration::from_millis(700),
+        "backlog took {backlog_delay:?}"
+    );
 
     let job = server.wait_status(
         id,

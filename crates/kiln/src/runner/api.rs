@@ -116,6 +116,9 @@ pub struct Api {
     /// The runner token, set once by [`Api::register`]; kept in memory only.
     token: OnceLock<String>,
     down: AtomicBool,
+    /// Wakes every retry waiting out a backoff once any request gets an
+    /// answer again: a backlog goes out the moment the server is back.
+    back: tokio::sync::Notify,
 }
 
 impl Api {
@@ -133,6 +136,7 @@ impl Api {
             base,
             token: OnceLock::new(),
             down: AtomicBool::new(false),
+            back: tokio::sync::Notify::new(),
         })
     }
 
@@ -294,6 +298,21 @@ impl Api {
     fn reachable(&self) {
         if self.down.swap(false, Ordering::SeqCst) {
             eprintln!("kiln runner: {} answers again", self.base);
+            self.back.notify_waiters();
+        }
+    }
+
+    /// Waits before retrying a call that found the server unreachable: the
+    /// backoff's delay, cut short as soon as any request gets through.
+    pub(crate) async fn retry_after(&self, backoff: &mut super::Backoff) {
+        let back = self.back.notified();
+        if !self.down.load(Ordering::SeqCst) {
+            // Another request got through since this one failed.
+            return;
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = back => {}
         }
     }
 }
@@ -376,6 +395,35 @@ fn describe(error: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_retry_goes_out_as_soon_as_any_request_gets_through() {
+        let api = Api::new("http://127.0.0.1:9").unwrap();
+        let _ = api.unreachable("connection refused".into());
+        // Backed off to its longest wait, as after a long outage.
+        let mut backoff = super::super::Backoff {
+            next: super::super::Backoff::MAX,
+        };
+        let started = std::time::Instant::now();
+        let retry = async {
+            api.retry_after(&mut backoff).await;
+            started.elapsed()
+        };
+        let seen_again = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            api.reachable();
+        };
+        let (waited, ()) = tokio::join!(retry, seen_again);
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_millis(1500),
+            "waited {waited:?}, not until the server was seen again (300 ms)"
+        );
+        // Once the server is known to answer, a retry does not wait at all.
+        let started = std::time::Instant::now();
+        api.retry_after(&mut backoff).await;
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
     use super::*;
 
     fn answer(json: &str) -> Vec<Cancel> {

@@ -194,7 +194,7 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
                     took: started.elapsed(),
                 }
             }
-            Err(CallError::Unreachable(_)) => backoff.wait().await,
+            Err(CallError::Unreachable(_)) => ctx.api.retry_after(&mut backoff).await,
             Err(CallError::Gone) => {
                 return JobEnd::Dropped("the server no longer counts it as running".into())
             }

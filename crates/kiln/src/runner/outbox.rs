@@ -192,7 +192,7 @@ async fn deliver_all(api: &Api, job: JobRef, shared: &Shared) -> Delivery {
                 return Delivery::Refused(format!("{status}: {message}"))
             }
             // Printed once by the client; try again, for as long as it takes.
-            Some(CallError::Unreachable(_)) => backoff.wait().await,
+            Some(CallError::Unreachable(_)) => api.retry_after(&mut backoff).await,
         }
     }
 }
