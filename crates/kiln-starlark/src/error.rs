@@ -41,6 +41,10 @@ pub enum Error {
         limit: String,
         flag: &'static str,
     },
+    /// The interpreter itself gave up (it panicked), as it does on a value
+    /// too large for its heap built in one native call.
+    #[error("{what} stopped: the Starlark interpreter could not go on ({reason}); this happens when one value is too large to build, e.g. list(range(N)) with a huge N: build smaller values")]
+    InterpreterFailed { what: String, reason: String },
     /// The run was cancelled (Ctrl-C, SIGTERM, a cancelled job) while
     /// Starlark code was running.
     #[error("{what} stopped: the run was cancelled")]

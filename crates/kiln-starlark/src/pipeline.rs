@@ -123,6 +123,17 @@ impl Pipeline {
         runtime: tokio::runtime::Handle,
         limits: EvalLimits,
     ) -> Result<Pipeline, Error> {
+        crate::limits::contain_panics("evaluating kiln.star", || {
+            Pipeline::load_contained(root, engine, runtime, limits)
+        })
+    }
+
+    fn load_contained(
+        root: &Path,
+        engine: Engine,
+        runtime: tokio::runtime::Handle,
+        limits: EvalLimits,
+    ) -> Result<Pipeline, Error> {
         let main = root.join(KILN_STAR);
         if !main.is_file() {
             return Err(Error::NotFound { path: main });
@@ -201,6 +212,10 @@ impl Pipeline {
     /// function solved itself (`stdout()` and the like), which blocks this
     /// thread on the runtime.
     pub fn call(&self, name: &str, args: Vec<(String, ArgValue)>) -> Result<Output, Error> {
+        crate::limits::contain_panics(&format!("{name}()"), || self.call_contained(name, args))
+    }
+
+    fn call_contained(&self, name: &str, args: Vec<(String, ArgValue)>) -> Result<Output, Error> {
         let info = self.function(name)?;
         let mut named: Vec<(String, ArgValue)> = Vec::with_capacity(args.len());
         for (given, value) in args {
@@ -523,6 +538,7 @@ impl Loader<'_> {
         })?;
         // Parsed under the root-relative name: every position starlark
         // reports is then `kiln.star:3:5` or `lib/go.star:10:1`.
+        crate::limits::check_expression_size(&name, &source)?;
         let ast = match AstModule::parse(&name, source.clone(), &self.dialect) {
             Ok(ast) => ast,
             // Starlark places an error at the very end of a file that ends

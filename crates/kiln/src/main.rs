@@ -12,11 +12,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+const EVAL_STACK_BYTES: usize = 64 << 20;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // kiln.star is parsed and compiled recursively on these threads: a
+        // deeply nested expression needs more than the default 2 MiB. Only
+        // the pages a thread touches are ever backed by memory.
+        .thread_stack_size(EVAL_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,
