@@ -1,0 +1,2 @@
+# The value in an environment dump.
+env | grep SECRET=

@@ -1,0 +1,2 @@
+# Lower-case hex.
+printf "%s" "$SECRET" | od -An -v -tx1 | tr -d " \n"

@@ -1,0 +1,2 @@
+# The value as it is.
+printf "%s" "$SECRET"
