@@ -1132,16 +1132,25 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates `dir` closed to other users (0700), or closes an existing one
+/// that an older kiln or a hand-made `mkdir` left open: the database holds
+/// job logs and token hashes.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let failed = |source| StoreError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StoreError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(failed)?;
+    let meta = std::fs::metadata(dir).map_err(failed)?;
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The database holds webhook secrets, so only its owner may read it.
@@ -1173,6 +1182,18 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_data_dir_left_open_is_closed_on_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&data).unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
     use super::*;
 
     fn open() -> (tempfile::TempDir, Store) {
