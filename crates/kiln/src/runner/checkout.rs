@@ -61,11 +61,43 @@ async fn lock_mirror(mirror: &Path) -> Result<kiln_store::FileLock> {
     tokio::task::spawn_blocking(move || -> Result<kiln_store::FileLock> {
         std::fs::create_dir_all(&mirror)
             .with_context(|| format!("creating the mirror {}", mirror.display()))?;
-        Ok(kiln_store::FileLock::exclusive(
-            &mirror.join("kiln-fetch.lock"),
-        )?)
+        let lock = kiln_store::FileLock::exclusive(&mirror.join("kiln-fetch.lock"))?;
+        remove_stale_git_locks(&mirror);
+        Ok(lock)
     })
     .await?
+}
+
+/// Removes the lock files a git process killed mid-fetch leaves (a
+/// cancelled job, a killed runner): with the mirror's lock held no other
+/// git process of ours works in it, so any git lock there is stale, and
+/// git would refuse every later fetch with "shallow.lock: File exists".
+fn remove_stale_git_locks(mirror: &Path) {
+    for name in [
+        "shallow.lock",
+        "index.lock",
+        "HEAD.lock",
+        "config.lock",
+        "packed-refs.lock",
+    ] {
+        let _ = std::fs::remove_file(mirror.join(name));
+    }
+    let mut dirs = vec![mirror.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() && path.extension().is_some_and(|e| e == "lock") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Makes sure the mirror holds the commit; returns its full name.
@@ -227,6 +259,53 @@ async fn git(dir: &Path, url: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn locks_left_by_a_killed_fetch_do_not_block_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("f"), "one").unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "one"]);
+        let url = repo.to_str().unwrap();
+        let mirrors = dir.path().join("mirrors");
+        checkout(&mirrors, &dir.path().join("c1"), url, None, "main")
+            .await
+            .unwrap();
+        // What a git fetch killed by a cancelled job leaves behind.
+        let mirror = mirrors.join(mirror_name(url));
+        std::fs::write(mirror.join("shallow.lock"), "").unwrap();
+        std::fs::create_dir_all(mirror.join("refs/heads")).unwrap();
+        std::fs::write(mirror.join("refs/heads/main.lock"), "").unwrap();
+        std::fs::write(repo.join("f"), "two").unwrap();
+        git(&repo, &["commit", "-q", "-am", "two"]);
+        let second = git(&repo, &["rev-parse", "HEAD"]);
+        let head = checkout(&mirrors, &dir.path().join("c2"), url, Some(&second), "main")
+            .await
+            .unwrap();
+        assert_eq!(head, second);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("c2/f")).unwrap(),
+            "two"
+        );
+    }
 
     #[test]
     fn passwords_in_urls_are_not_shown() {
