@@ -20,6 +20,10 @@ python3 bench/compare w1 --quick --kiln target/debug/kiln --work "$(mktemp -d)/w
 # run exactly once and successfully; 20 idle runner connections held open.
 # Latency and the 500-runner figures are judged by `bench/dispatch` outside CI.
 python3 bench/dispatch --quick --kiln target/debug/kiln
+# The requeue benchmark in its quick mode: one killed runner's job claimed
+# again by the other, two jobs under CPU load never requeued. The timing of
+# the trade-off is judged by `bench/requeue` outside CI.
+python3 bench/requeue --quick --kiln target/debug/kiln
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -105,7 +105,7 @@ impl ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8420)),
             db: DbUrl::Sqlite(data_dir.join("kiln.db")),
             data_dir,
-            lost_after: Duration::from_secs(10),
+            lost_after: DEFAULT_RUNNER_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
@@ -116,6 +116,13 @@ impl ServerConfig {
 }
 
 /// The default [`ServerConfig::header_read_timeout`].
+/// Four missed heartbeats (a busy runner sends one a second): a killed
+/// runner's job is claimed again 3-4.5 s after the kill (`bench/requeue`),
+/// while a runner on a machine loaded to twice its cores still never misses
+/// four in a row. A false positive costs the attempt's work, never its
+/// correctness: the old attempt's reports are refused.
+pub const DEFAULT_RUNNER_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default [`ServerConfig::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -170,7 +177,7 @@ mod tests {
         let config = ServerConfig::new("/tmp/x");
         assert!(config.listen.ip().is_loopback());
         assert_eq!(config.listen.port(), 8420);
-        assert_eq!(config.lost_after, Duration::from_secs(10));
+        assert_eq!(config.lost_after, Duration::from_secs(4));
         assert_eq!(config.db, DbUrl::Sqlite("/tmp/x/kiln.db".into()));
         assert_eq!(config.header_read_timeout, Duration::from_secs(10));
         assert_eq!(config.idle_timeout, Duration::from_secs(60));

@@ -262,10 +262,11 @@ async fn errors_as_json(request: axum::extract::Request, next: axum::middleware:
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// Every `lost_after / 4`, requeues the jobs of runners gone quiet. Runners
-/// get a full `lost_after` after the server starts to reach it again.
+/// Every `lost_after / 8`, requeues the jobs of runners gone quiet (so a
+/// lost runner is noticed at most an eighth late). Runners get a full
+/// `lost_after` after the server starts to reach it again.
 async fn reap_lost_runners(shared: AppState) {
-    let period = (shared.lost_after / 4).max(Duration::from_millis(50));
+    let period = (shared.lost_after / 8).max(Duration::from_millis(50));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -41,8 +41,10 @@ pub struct ServerArgs {
     #[arg(long, value_name = "URL")]
     pub db: Option<SecretArg>,
     /// A runner not heard from for this long is lost; its running jobs are
-    /// queued again (e.g. 10s, 1m).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// queued again (e.g. 4s, 1m). Busy runners send a heartbeat a second;
+    /// shorter requeues a killed runner's job sooner, longer tolerates a
+    /// stalled machine or network longer (bench/requeue measures both).
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub runner_timeout: Duration,
     /// A client must send a whole request head (request line and headers)
     /// within this long, from connecting or from the head's first byte;
