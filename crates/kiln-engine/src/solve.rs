@@ -599,8 +599,15 @@ impl Solver {
     async fn pull(&self, reference: &str) -> Result<FsState> {
         self.inner.check_cancelled()?;
         let image = self.inner.load_image(reference)?;
+        // One budget for the layers unpacked now, in parallel: their sum is
+        // held to the image limit, not only each to the layer limit.
+        let options = kiln_oci::UnpackOptions {
+            image_budget: Some(kiln_oci::ImageBudget::new()),
+            ..kiln_oci::UnpackOptions::default()
+        };
         let mut unpacks = Vec::new();
         for layer in &image.layers {
+            let options = options.clone();
             let inner = self.inner.clone();
             let layer = layer.clone();
             let reference = reference.to_owned();
@@ -622,7 +629,7 @@ impl Solver {
                     let inner = inner.clone();
                     let layer = layer.clone();
                     tokio::task::spawn_blocking(move || {
-                        kiln_oci::ensure_unpacked(&inner.store, &layer)
+                        kiln_oci::ensure_unpacked_with(&inner.store, &layer, &options)
                     })
                     .await
                     .map_err(Error::from)

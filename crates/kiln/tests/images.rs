@@ -463,3 +463,39 @@ fn offline_forbids_pulling_and_says_how_to_import() {
     );
     assert!(err.contains("kiln image import"), "{err}");
 }
+
+#[test]
+fn a_pulled_images_layers_together_are_held_to_the_image_limit() {
+    if !privileged() {
+        return;
+    }
+    // busybox (about 2 MB unpacked) plus a 3 MB layer: each under a 4 MB
+    // image limit, together over it.
+    let env = Env::empty();
+    let extra = kiln_testkit::LayerBuilder::new().file("data/blob", vec![7u8; 3 << 20], 0o644);
+    let fixture = kiln_testkit::busybox_fixture(kiln_testkit::Compression::Gzip)
+        .layer(extra.tar(), kiln_testkit::Compression::Gzip);
+    let layout = env.path("two-layers");
+    kiln_testkit::write_oci_layout(&layout, &fixture);
+    let imported = env.kiln(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "big:2",
+    ]);
+    assert!(imported.status.success(), "{:?}", text(&imported));
+
+    let refused = env
+        .cmd(&["exec", "big:2", "--", "true"])
+        .env("KILN_MAX_IMAGE_BYTES", "4000000")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&refused);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("KILN_MAX_IMAGE_BYTES"), "{stderr}");
+
+    let ran = env.kiln(&["exec", "big:2", "--", "cat", "/data/blob"]);
+    assert!(ran.status.success(), "{:?}", text(&ran));
+    assert_eq!(ran.stdout.len(), 3 << 20);
+}
