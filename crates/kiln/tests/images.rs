@@ -499,3 +499,47 @@ fn a_pulled_images_layers_together_are_held_to_the_image_limit() {
     assert!(ran.status.success(), "{:?}", text(&ran));
     assert_eq!(ran.stdout.len(), 3 << 20);
 }
+
+#[test]
+fn an_opaque_layer_root_hides_every_layer_below_it_in_a_step() {
+    if !privileged() {
+        return;
+    }
+    // Base: busybox plus /old. Top: an opaque root marker, then busybox
+    // again plus /new. Docker shows /new only; so must a step.
+    let env = Env::empty();
+    let rootfs = env.path("rootfs");
+    kiln_testkit::busybox_rootfs(&rootfs);
+    let base = kiln_testkit::layer_from_dir(&rootfs).file("old", b"old", 0o644);
+    let top = kiln_testkit::layer_from_dir(&rootfs)
+        .opaque("")
+        .file("new", b"new", 0o644);
+    let fixture = ImageFixture::new(busybox_config(), None)
+        .layer(base.tar(), Compression::Gzip)
+        .layer(top.tar(), Compression::Gzip);
+    let layout = env.path("opaque");
+    kiln_testkit::write_oci_layout(&layout, &fixture);
+    let imported = env.kiln(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "opaque:1",
+    ]);
+    assert!(imported.status.success(), "{:?}", text(&imported));
+    let ls = env.kiln(&[
+        "exec",
+        "opaque:1",
+        "--",
+        "sh",
+        "-c",
+        "ls /new /old 2>&1; true",
+    ]);
+    let (stdout, stderr) = text(&ls);
+    assert!(ls.status.success(), "{stderr}");
+    assert!(stdout.contains("/new"), "{stdout}");
+    assert!(
+        stdout.contains("/old: No such file"),
+        "the lower layer shows through: {stdout}"
+    );
+}
