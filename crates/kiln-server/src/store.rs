@@ -845,14 +845,22 @@ impl Store {
         let Some(id) = candidate else {
             return Ok(None);
         };
+        let now = now_micros();
         let changed = tx.execute(
             "UPDATE jobs SET status = 'running', runner = ?1, started_at = ?2 \
              WHERE id = ?3 AND status = 'queued'",
-            params![runner_id, now_micros(), id],
+            params![runner_id, now, id],
         )?;
         if changed == 0 {
             return Ok(None);
         }
+        // Claiming is a sign of life: a runner that waited in `next` longer
+        // than the runner timeout must not lose the job to the reaper
+        // before its first heartbeat for it arrives.
+        tx.execute(
+            "UPDATE runners SET last_seen = ?1 WHERE id = ?2",
+            params![now, runner_id],
+        )?;
         let job = job_in(&tx, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished while claimed")))?;
         let url = tx.query_row(
