@@ -162,6 +162,22 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// Docker's (containerd's) default open-file limits: select()-era programs
+/// keep 1024, and test runners, JVMs, bundlers and databases can raise their
+/// own soft limit up to the hard one, as they do on a host.
+const NOFILE_SOFT: u64 = 1024;
+const NOFILE_HARD: u64 = 524_288;
+
+/// The hard limit, lowered to kiln's own hard limit: raising it needs
+/// CAP_SYS_RESOURCE, which a sandboxed or rootless kiln may lack, and the
+/// step would then fail to start at all.
+fn nofile_hard_limit() -> u64 {
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    NOFILE_HARD.min(own).max(NOFILE_SOFT)
+}
+
 pub(crate) struct ConfigInput<'a> {
     pub args: &'a [String],
     pub env: &'a [String],
@@ -206,8 +222,8 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
         .capabilities(capabilities)
         .rlimits(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .hard(1024u64)
-            .soft(1024u64)
+            .hard(nofile_hard_limit())
+            .soft(NOFILE_SOFT.min(nofile_hard_limit()))
             .build()?])
         // Docker's default: sudo and other setuid tools keep working.
         .no_new_privileges(false)

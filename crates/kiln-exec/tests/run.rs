@@ -650,3 +650,21 @@ async fn a_step_cannot_open_a_user_namespace_or_enter_another() {
     assert!(r.expect("runs").success());
     assert_eq!(out, "nested\n");
 }
+
+#[tokio::test]
+async fn open_file_limits_are_dockers_and_a_step_may_raise_its_own() {
+    let Some(fx) = common::fixture("open_file_limits_are_dockers") else {
+        return;
+    };
+    // Docker's 524288, unless kiln's own hard limit is lower (it cannot be
+    // raised without CAP_SYS_RESOURCE).
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let hard = own.min(524_288);
+    let (r, out, err) = fx
+        .run(fx.spec(&["sh", "-c", "ulimit -Sn; ulimit -Hn; ulimit -Sn $(ulimit -Hn) && ulimit -Sn"]))
+        .await;
+    assert!(r.expect("runs").success(), "{err}");
+    assert_eq!(out, format!("1024\n{hard}\n{hard}\n"), "{err}");
+}

@@ -357,6 +357,16 @@ pub fn ensure_unpacked_with(
             }));
         }
     }
+    if stats.devices_dropped > 0 {
+        // Said once: the layer is unpacked once per store.
+        tracing::warn!(
+            "layer {}: left out {} device node(s) ({}{}); a container gets its devices from the runtime",
+            layer.digest.short(),
+            stats.devices_dropped,
+            stats.dropped_devices.join(", "),
+            if stats.devices_dropped > stats.dropped_devices.len() as u64 { ", ..." } else { "" }
+        );
+    }
     tracing::debug!(layer = %layer.digest, ?stats, "layer unpacked");
     Ok(store.commit_layer(staged, id)?)
 }

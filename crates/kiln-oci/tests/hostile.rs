@@ -233,18 +233,33 @@ fn hardlink_to_something_not_in_the_layer() {
 }
 
 #[test]
-fn device_nodes() {
-    let (s, msg) = refused(LayerBuilder::new().char_device("dev/mem", 1, 1), "dev/mem");
-    assert!(msg.contains("device"), "{msg}");
-    assert!(!s.dest.join("dev/mem").exists());
-    let (s, _) = refused(LayerBuilder::new().block_device("sda", 8, 0), "sda");
-    assert!(!s.dest.join("sda").exists());
-    // A char device 0:0 written as an entry (not as .wh.) is refused too:
-    // whiteouts only come from the OCI spelling.
-    refused(
-        LayerBuilder::new().char_device("fake-whiteout", 0, 0),
-        "fake-whiteout",
-    );
+fn device_nodes_are_left_out_and_named() {
+    // A host device in a layer would reach the host from the step; /dev
+    // comes from the runtime. The layer still unpacks (debootstrap output
+    // has dev/ entries), as `docker import` takes it.
+    let s = Scratch::new();
+    let stats = s
+        .unpack(
+            &LayerBuilder::new()
+                .dir("dev", 0o755)
+                .char_device("dev/mem", 1, 1)
+                .block_device("sda", 8, 0)
+                // A char device 0:0 written as an entry (not as .wh.) is no
+                // whiteout either: whiteouts only come from the OCI spelling.
+                .char_device("fake-whiteout", 0, 0)
+                .file("kept", b"ok", 0o644),
+        )
+        .expect("a layer with device nodes unpacks");
+    assert_eq!(stats.devices_dropped, 3);
+    assert_eq!(stats.dropped_devices, ["dev/mem", "sda", "fake-whiteout"]);
+    for gone in ["dev/mem", "sda", "fake-whiteout"] {
+        assert!(
+            std::fs::symlink_metadata(s.dest.join(gone)).is_err(),
+            "{gone}"
+        );
+    }
+    assert!(s.dest.join("kept").is_file());
+    s.assert_outside_untouched();
 }
 
 #[test]

@@ -543,3 +543,46 @@ fn an_opaque_layer_root_hides_every_layer_below_it_in_a_step() {
         "the lower layer shows through: {stdout}"
     );
 }
+
+#[test]
+fn a_rootfs_with_dev_entries_imports_and_runs_without_them() {
+    if !privileged() {
+        return;
+    }
+    // What `tar -C rootfs -c .` of debootstrap output holds under dev/.
+    let env = Env::empty();
+    let rootfs = env.path("rootfs");
+    kiln_testkit::busybox_rootfs(&rootfs);
+    let layer = kiln_testkit::layer_from_dir(&rootfs)
+        .dir("dev", 0o755)
+        .char_device("dev/null", 1, 3)
+        .char_device("dev/mem", 1, 1)
+        .block_device("dev/sda", 8, 0);
+    let fixture = ImageFixture::new(busybox_config(), None).layer(layer.tar(), Compression::Gzip);
+    let layout = env.path("with-dev");
+    kiln_testkit::write_oci_layout(&layout, &fixture);
+    let imported = env.kiln(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "withdev:1",
+    ]);
+    assert!(imported.status.success(), "{:?}", text(&imported));
+    let ran = env.kiln(&[
+        "exec",
+        "withdev:1",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /dev/null && ls /dev/sda /dev/mem 2>&1; true",
+    ]);
+    let (stdout, stderr) = text(&ran);
+    assert!(ran.status.success(), "{stderr}");
+    assert!(stdout.contains("/dev/sda: No such file"), "{stdout}");
+    assert!(stdout.contains("/dev/mem: No such file"), "{stdout}");
+    assert!(
+        stderr.contains("left out 3 device node(s)"),
+        "said once, at unpack: {stderr}"
+    );
+}
