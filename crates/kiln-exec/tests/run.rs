@@ -663,7 +663,11 @@ async fn open_file_limits_are_dockers_and_a_step_may_raise_its_own() {
         .unwrap_or(u64::MAX);
     let hard = own.min(524_288);
     let (r, out, err) = fx
-        .run(fx.spec(&["sh", "-c", "ulimit -Sn; ulimit -Hn; ulimit -Sn $(ulimit -Hn) && ulimit -Sn"]))
+        .run(fx.spec(&[
+            "sh",
+            "-c",
+            "ulimit -Sn; ulimit -Hn; ulimit -Sn $(ulimit -Hn) && ulimit -Sn",
+        ]))
         .await;
     assert!(r.expect("runs").success(), "{err}");
     assert_eq!(out, format!("1024\n{hard}\n{hard}\n"), "{err}");
