@@ -280,6 +280,28 @@ impl Default for StepLimits {
 /// in memory.
 pub type Backpressure = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
 
+/// Recognises the runtime's report that the step's command could not be
+/// executed (`exec: "cmd": executable file not found in $PATH`), and gives
+/// the exit code a shell would: 127 for a command that is not there, 126
+/// for one that is there but cannot run.
+fn exec_failure(runtime_error: &str) -> Option<i32> {
+    let at = runtime_error.find("exec: \"")?;
+    let reason = runtime_error[at..].trim_end();
+    let code = if reason.ends_with("executable file not found in $PATH")
+        || reason.ends_with("no such file or directory")
+    {
+        127
+    } else if reason.ends_with("permission denied")
+        || reason.ends_with("is a directory")
+        || reason.ends_with("exec format error")
+    {
+        126
+    } else {
+        return None;
+    };
+    Some(code)
+}
+
 /// Which pipe a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OutputStream {
@@ -472,6 +494,17 @@ impl Runtime {
             runc::logged_errors(&guard.bundle.join(RUNTIME_LOG))
         };
         let teardown = guard.teardown().await;
+        // A command that cannot be executed is the step's failure, not the
+        // runtime's: report it as a shell (and Docker) does, with 127 or 126,
+        // so tools and diagnosis see an exit code. The runtime has already
+        // printed the reason on the step's stderr.
+        if let Some(code) = runtime_errors.iter().find_map(|e| exec_failure(e)) {
+            teardown?;
+            return Ok(ExitStatus {
+                code: Some(code),
+                signal: None,
+            });
+        }
         if !runtime_errors.is_empty() {
             if let Err(e) = teardown {
                 tracing::error!(container = %id, error = %e, "teardown after failed start");

@@ -480,24 +480,17 @@ async fn scratch_rootfs() {
 }
 
 #[tokio::test]
-async fn command_not_found_is_an_error_with_the_runtime_message() {
-    let Some(fx) = common::fixture("command_not_found_is_an_error_with_the_runtime_message") else {
+async fn command_not_found_exits_127_with_the_runtime_message_and_leaves_nothing() {
+    let Some(fx) = common::fixture("command_not_found_exits_127") else {
         return;
     };
     let spec = fx.spec(&["no-such-command"]);
     let (bundle, upper) = (spec.bundle_dir.clone(), spec.upper_dir.clone());
-    let (r, _, _) = fx.run(spec).await;
-    let msg = match r {
-        Err(e @ Error::Start { .. }) => e.to_string(),
-        other => panic!("expected a start error, got {other:?}"),
-    };
+    let (r, _, err) = fx.run(spec).await;
+    assert_eq!(r.expect("the step's failure").code, Some(127));
     assert!(
-        msg.contains(r#"exec: "no-such-command": executable file not found in $PATH"#),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("kiln-exec-test-"),
-        "names the container: {msg}"
+        err.contains(r#"exec: "no-such-command": executable file not found in $PATH"#),
+        "{err}"
     );
     assert_eq!(common::tree(&bundle), Vec::<String>::new());
     assert_eq!(common::tree(&upper), Vec::<String>::new());
@@ -671,4 +664,19 @@ async fn open_file_limits_are_dockers_and_a_step_may_raise_its_own() {
         .await;
     assert!(r.expect("runs").success(), "{err}");
     assert_eq!(out, format!("1024\n{hard}\n{hard}\n"), "{err}");
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_run_exits_127_or_126_as_under_a_shell() {
+    let Some(fx) = common::fixture("a_command_that_cannot_run") else {
+        return;
+    };
+    let (r, _, err) = fx.run(fx.spec(&["no-such-command"])).await;
+    let status = r.expect("a missing command is the step's failure, not an error");
+    assert_eq!(status.code, Some(127), "{err}");
+    assert!(err.contains("executable file not found"), "{err}");
+
+    let (r, _, err) = fx.run(fx.spec(&["/etc"])).await;
+    assert_eq!(r.expect("a step failure").code, Some(126), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
 }
