@@ -142,6 +142,13 @@ async fn cleanup_stale_cleans_runs_of_killed_processes() {
         .expect("reader");
     assert!(running, "the helper's step started");
     assert!(runtime_alive(&stale.container_id));
+    // "started" is printed before the shell execs sleep: on a loaded
+    // machine the exec can come after the checks below.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sleeper_alive(&marker) {
+        assert!(std::time::Instant::now() < deadline, "the step never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // kiln dies without any chance to clean up.
     helper.kill().expect("SIGKILL helper");
     helper.wait().expect("reap helper");
