@@ -3,21 +3,90 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::user::ResolvedUser;
-use crate::{BindMount, Network};
+use crate::{BindMount, Network, Rlimit};
 
 /// The PATH a process gets when the step sets none (Docker's and runc's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Host files bound into containers sharing the host's network, so name
-/// resolution behaves as on the host.
-pub(crate) const HOST_NETWORK_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+/// The hostname of a step that sets none. A library default such as the
+/// runtime's own would not resolve; this one is in the step's `/etc/hosts`.
+pub const DEFAULT_HOSTNAME: &str = "kiln";
+
+/// The host's resolver configuration, bound into containers sharing the
+/// host's network so name resolution behaves as on the host.
+pub(crate) const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// A hostname as RFC 1123 allows one: labels of letters, digits and inner
+/// hyphens, at most 63 characters in all (the kernel's limit is 64).
+pub(crate) fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// The step's own `/etc/hosts` and `/etc/hostname` in the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameFiles {
+    pub hosts: PathBuf,
+    pub hostname: PathBuf,
+}
+
+/// Writes the step's `/etc/hosts` (the host's, on the host network, else
+/// Docker's loopback entries; either way with the hostname added, so it
+/// resolves as it does in a Docker container) and `/etc/hostname`.
+pub(crate) fn write_name_files(
+    hosts: &Path,
+    hostname_file: &Path,
+    network: Network,
+    hostname: &str,
+) -> std::io::Result<NameFiles> {
+    let mut text = match network {
+        Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        Network::None => String::new(),
+    };
+    if text.is_empty() {
+        text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+    let named = text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        line.split_whitespace().skip(1).any(|n| n == hostname)
+    });
+    if !named {
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    write_new(hosts, text.as_bytes())?;
+    write_new(hostname_file, format!("{hostname}\n").as_bytes())?;
+    Ok(NameFiles {
+        hosts: hosts.to_path_buf(),
+        hostname: hostname_file.to_path_buf(),
+    })
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(bytes)
+}
 
 /// One entry of `mounts`; kept separate from oci-spec's type because the
 /// destinations also feed the mount-stub bookkeeping.
@@ -56,9 +125,10 @@ impl MountEntry {
 }
 
 /// Every mount of the container, in mount order: the standard pseudo
-/// filesystems, then the host network files, then the step's bind mounts.
-/// A step mount whose target equals a host network file replaces it.
-pub(crate) fn mounts(network: Network, binds: &[BindMount]) -> Vec<MountEntry> {
+/// filesystems, then the name files (and the host's resolver on the host
+/// network), then the step's bind mounts. A step mount whose target equals
+/// one of those files replaces it.
+pub(crate) fn mounts(network: Network, names: &NameFiles, binds: &[BindMount]) -> Vec<MountEntry> {
     let mut out = vec![
         MountEntry::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         MountEntry::new(
@@ -98,13 +168,26 @@ pub(crate) fn mounts(network: Network, binds: &[BindMount]) -> Vec<MountEntry> {
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
         ),
+        // The step's own cgroups, read-only, as Docker mounts them: JVMs,
+        // Node and build tools size heaps and worker pools from the limits
+        // they find there.
+        MountEntry::new(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
     ];
-    if network == Network::Host {
-        for file in HOST_NETWORK_FILES {
-            let overridden = binds.iter().any(|b| same_target(&b.target, file));
-            if !overridden && Path::new(file).exists() {
-                out.push(MountEntry::bind(Path::new(file), file, true));
-            }
+    let mut files = vec![
+        (names.hosts.clone(), "/etc/hosts"),
+        (names.hostname.clone(), "/etc/hostname"),
+    ];
+    if network == Network::Host && Path::new(HOST_RESOLV_CONF).exists() {
+        files.push((PathBuf::from(HOST_RESOLV_CONF), HOST_RESOLV_CONF));
+    }
+    for (source, target) in files {
+        if !binds.iter().any(|b| same_target(&b.target, target)) {
+            out.push(MountEntry::bind(&source, target, true));
         }
     }
     for b in binds {
@@ -185,8 +268,62 @@ pub(crate) struct ConfigInput<'a> {
     pub user: &'a ResolvedUser,
     pub network: Network,
     pub mounts: &'a [MountEntry],
-    pub hostname: Option<&'a str>,
+    pub hostname: &'a str,
     pub limits: crate::StepLimits,
+    /// Replace the defaults of the same name.
+    pub rlimits: &'a [Rlimit],
+    /// Set for memory-limited steps: below kiln's parent cgroup.
+    pub cgroups_path: Option<String>,
+}
+
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    use PosixRlimitType::*;
+    Some(match name {
+        "as" => RlimitAs,
+        "core" => RlimitCore,
+        "cpu" => RlimitCpu,
+        "data" => RlimitData,
+        "fsize" => RlimitFsize,
+        "locks" => RlimitLocks,
+        "memlock" => RlimitMemlock,
+        "msgqueue" => RlimitMsgqueue,
+        "nice" => RlimitNice,
+        "nofile" => RlimitNofile,
+        "nproc" => RlimitNproc,
+        "rss" => RlimitRss,
+        "rtprio" => RlimitRtprio,
+        "rttime" => RlimitRttime,
+        "sigpending" => RlimitSigpending,
+        "stack" => RlimitStack,
+        _ => return None,
+    })
+}
+
+/// The defaults ([`NOFILE_SOFT`]/[`nofile_hard_limit`]) with the step's own
+/// limits in place of those of the same name.
+fn rlimits(step: &[Rlimit]) -> Result<Vec<PosixRlimit>, oci_spec::OciSpecError> {
+    let mut out = Vec::new();
+    if !step.iter().any(|r| r.name == "nofile") {
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(nofile_hard_limit())
+                .soft(NOFILE_SOFT.min(nofile_hard_limit()))
+                .build()?,
+        );
+    }
+    for r in step {
+        let typ = rlimit_type(&r.name)
+            .ok_or_else(|| oci_spec::OciSpecError::Other(format!("unknown ulimit {}", r.name)))?;
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .hard(r.hard)
+                .soft(r.soft)
+                .build()?,
+        );
+    }
+    Ok(out)
 }
 
 pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecError> {
@@ -220,11 +357,7 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
         .env(input.env.to_vec())
         .cwd(input.cwd)
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(nofile_hard_limit())
-            .soft(NOFILE_SOFT.min(nofile_hard_limit()))
-            .build()?])
+        .rlimits(rlimits(input.rlimits)?)
         // Docker's default: sudo and other setuid tools keep working.
         .no_new_privileges(false)
         .build()?;
@@ -255,9 +388,34 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
     if let Some(limit) = input.limits.pids {
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
+    if let Some(limit) = input.limits.memory {
+        // A little above kiln's parent cgroup's limit (see the cgroup
+        // module): the parent is where the OOM is seen; this is what
+        // tools reading their own cgroup's limit find.
+        let leaf = (limit + crate::cgroup::LEAF_HEADROOM) as i64;
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(leaf)
+                .swap(leaf)
+                .build()?,
+        );
+    }
+    if let Some(millis) = input.limits.cpu_millis {
+        const PERIOD_US: u64 = 100_000;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .period(PERIOD_US)
+                .quota((millis * PERIOD_US / 1000).max(1000) as i64)
+                .build()?,
+        );
+    }
     let resources = resources.build()?;
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(path) = &input.cgroups_path {
+        linux = linux.cgroups_path(PathBuf::from(path));
+    }
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources)
         .seccomp(crate::seccomp::default_filter()?)
@@ -299,9 +457,7 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
         .process(process)
         .mounts(mounts)
         .linux(linux);
-    if let Some(hostname) = input.hostname {
-        spec = spec.hostname(hostname);
-    }
+    spec = spec.hostname(input.hostname);
     spec.build()
 }
 
@@ -309,18 +465,71 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
 mod tests {
     use super::*;
 
+    fn name_files() -> NameFiles {
+        NameFiles {
+            hosts: PathBuf::from("/bundle/hosts"),
+            hostname: PathBuf::from("/bundle/hostname"),
+        }
+    }
+
     #[test]
-    fn host_network_binds_resolver_files_unless_overridden() {
+    fn name_files_are_bound_unless_overridden() {
         let binds = vec![BindMount {
             source: PathBuf::from("/tmp"),
             target: "/etc/hosts".into(),
             readonly: false,
         }];
-        let m = mounts(Network::Host, &binds);
+        let m = mounts(Network::Host, &name_files(), &binds);
         let hosts: Vec<_> = m.iter().filter(|m| m.destination == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].source, PathBuf::from("/tmp"));
-        assert!(mounts(Network::None, &[]).iter().all(|m| m.typ != "bind"));
+        let none = mounts(Network::None, &name_files(), &[]);
+        let bound: Vec<&str> = none
+            .iter()
+            .filter(|m| m.typ == "bind")
+            .map(|m| m.destination.as_str())
+            .collect();
+        assert_eq!(bound, ["/etc/hosts", "/etc/hostname"]);
+    }
+
+    #[test]
+    fn hosts_file_names_the_hostname_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_name_files(
+            &dir.path().join("hosts"),
+            &dir.path().join("hostname"),
+            Network::None,
+            "builder",
+        )
+        .unwrap();
+        let hosts = std::fs::read_to_string(&files.hosts).unwrap();
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.ends_with("127.0.1.1\tbuilder\n"), "{hosts}");
+        assert_eq!(
+            std::fs::read_to_string(&files.hostname).unwrap(),
+            "builder\n"
+        );
+        let again = dir.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        let files = write_name_files(
+            &again.join("hosts"),
+            &again.join("hostname"),
+            Network::None,
+            "localhost",
+        )
+        .unwrap();
+        let hosts = std::fs::read_to_string(files.hosts).unwrap();
+        assert!(!hosts.contains("127.0.1.1"), "{hosts}");
+    }
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for ok in ["kiln", "db", "build-1", "a.b.c", "x1"] {
+            assert!(valid_hostname(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a..b", "a_b", "a b", &"x".repeat(64)] {
+            assert!(!valid_hostname(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -331,7 +540,7 @@ mod tests {
             additional_gids: vec![5],
             home: None,
         };
-        let m = mounts(Network::None, &[]);
+        let m = mounts(Network::None, &name_files(), &[]);
         let spec = build(&ConfigInput {
             args: &["true".into()],
             env: &["PATH=/bin".into()],
@@ -339,8 +548,18 @@ mod tests {
             user: &user,
             network: Network::None,
             mounts: &m,
-            hostname: Some("step"),
-            limits: crate::StepLimits { pids: Some(100) },
+            hostname: "step",
+            limits: crate::StepLimits {
+                pids: Some(100),
+                memory: Some(64 << 20),
+                cpu_millis: Some(1500),
+            },
+            rlimits: &[Rlimit {
+                name: "nproc".into(),
+                soft: 10,
+                hard: 20,
+            }],
+            cgroups_path: Some("kiln-c/step".into()),
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -368,6 +587,15 @@ mod tests {
         assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
         assert_eq!(json["hostname"], "step");
         assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
+        assert_eq!(
+            json["linux"]["resources"]["memory"]["limit"],
+            (64 << 20) + crate::cgroup::LEAF_HEADROOM
+        );
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 150_000);
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(json["linux"]["cgroupsPath"], "kiln-c/step");
+        assert_eq!(json["process"]["rlimits"][1]["type"], "RLIMIT_NPROC");
+        assert_eq!(json["process"]["rlimits"][1]["soft"], 10);
         assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         let denied = json["linux"]["seccomp"]["syscalls"][0]["names"]
             .as_array()

@@ -58,6 +58,7 @@
 //! found in $PATH`) are read from its JSON log and returned as
 //! [`Error::Start`].
 
+mod cgroup;
 mod config;
 mod overlay;
 mod rootpath;
@@ -77,7 +78,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-pub use config::DEFAULT_PATH;
+pub use config::{DEFAULT_HOSTNAME, DEFAULT_PATH};
 
 use crate::config::{ConfigInput, MountEntry};
 use crate::stubs::StubPlan;
@@ -90,7 +91,19 @@ const ROOTFS: &str = "rootfs";
 const LINKS: &str = "l";
 const SCRATCH: &str = "scratch";
 const RUNTIME_LOG: &str = "runtime.log";
-const BUNDLE_ENTRIES: [&str; 6] = [LOCK, CONFIG, ROOTFS, LINKS, SCRATCH, RUNTIME_LOG];
+/// The step's `/etc/hosts` and `/etc/hostname`, bound read-only.
+const HOSTS: &str = "hosts";
+const HOSTNAME: &str = "hostname";
+const BUNDLE_ENTRIES: [&str; 8] = [
+    LOCK,
+    CONFIG,
+    ROOTFS,
+    LINKS,
+    SCRATCH,
+    RUNTIME_LOG,
+    HOSTS,
+    HOSTNAME,
+];
 
 /// How long a killed runtime process gets to exit during teardown.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -168,6 +181,11 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    #[error("container {container_id}: cannot apply its resource limits: {reason}")]
+    Limits {
+        container_id: String,
+        reason: String,
+    },
     #[error("container {container_id} failed to start: {message}")]
     Start {
         container_id: String,
@@ -235,9 +253,47 @@ pub struct RunSpec {
     pub user: Option<String>,
     pub network: Network,
     pub mounts: Vec<BindMount>,
-    /// `None` keeps the host's hostname (the UTS namespace starts as a copy).
+    /// `None` is [`DEFAULT_HOSTNAME`]. Either way the name resolves inside
+    /// the container: it is added to the step's `/etc/hosts`.
     pub hostname: Option<String>,
     pub limits: StepLimits,
+    /// Resource limits (`ulimit`) beyond the defaults; see [`Rlimit`].
+    pub rlimits: Vec<Rlimit>,
+    /// The container is killed when it runs longer, and the run ends with
+    /// [`ExitStatus::timed_out`].
+    pub timeout: Option<Duration>,
+}
+
+/// One POSIX resource limit of the step's processes, as `ulimit` or
+/// `docker run --ulimit NAME=SOFT:HARD` sets it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Lower-case, without `RLIMIT_`: `nofile`, `nproc`, `core`, `stack`, ...
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Rlimit {
+    /// The names [`Rlimit::name`] may take.
+    pub const NAMES: [&'static str; 16] = [
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ];
 }
 
 /// Resource limits of one step's container.
@@ -247,6 +303,13 @@ pub struct StepLimits {
     /// a fork bomb fails inside the step instead of filling the host's
     /// process table. `None` is unlimited.
     pub pids: Option<i64>,
+    /// Bytes of memory (swap included) the step's processes may use
+    /// together; past it the kernel's OOM killer kills one, and the run
+    /// reports [`ExitStatus::oom_killed`]. `None` is unlimited.
+    pub memory: Option<u64>,
+    /// CPU time per wall-clock time, in thousandths of a CPU (2500 is
+    /// `--cpus 2.5`): the CFS quota. `None` is unlimited.
+    pub cpu_millis: Option<u64>,
 }
 
 impl StepLimits {
@@ -270,7 +333,11 @@ impl Default for StepLimits {
             },
             Err(_) => Some(Self::DEFAULT_PIDS),
         };
-        StepLimits { pids }
+        StepLimits {
+            pids,
+            memory: None,
+            cpu_millis: None,
+        }
     }
 }
 
@@ -309,16 +376,25 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// How the process ended: exactly one of `code` and `signal` is set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How the process ended: exactly one of `code` and `signal` is set, and
+/// `oom_killed`/`timed_out` say why, when kiln knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct ExitStatus {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The step reached its memory limit and the kernel's OOM killer
+    /// killed one of its processes (from the cgroup's OOM event, not
+    /// guessed from a 137). The step may still have exited by itself.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// The step ran past [`RunSpec::timeout`] and kiln killed it.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 impl ExitStatus {
     pub fn success(&self) -> bool {
-        self.code == Some(0)
+        self.code == Some(0) && !self.timed_out
     }
 
     /// Maps the runtime process's status back to the container process's.
@@ -328,8 +404,8 @@ impl ExitStatus {
         // is awaited; someone else did).
         if let Some(signal) = status.signal() {
             return ExitStatus {
-                code: None,
                 signal: Some(signal),
+                ..ExitStatus::default()
             };
         }
         Self::from_code(status.code().unwrap_or(-1))
@@ -340,13 +416,13 @@ impl ExitStatus {
         // signals go up to 64 (SIGRTMAX).
         if (129..=128 + 64).contains(&code) {
             ExitStatus {
-                code: None,
                 signal: Some(code - 128),
+                ..ExitStatus::default()
             }
         } else {
             ExitStatus {
                 code: Some(code),
-                signal: None,
+                ..ExitStatus::default()
             }
         }
     }
@@ -354,11 +430,18 @@ impl ExitStatus {
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "exit code {code}"),
-            (None, Some(signal)) => write!(f, "killed by signal {signal}"),
-            (None, None) => write!(f, "unknown exit status"),
+        if self.timed_out {
+            return write!(f, "timed out (killed)");
         }
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit code {code}")?,
+            (None, Some(signal)) => write!(f, "killed by signal {signal}")?,
+            (None, None) => write!(f, "unknown exit status")?,
+        }
+        if self.oom_killed {
+            write!(f, " (out of memory: the OOM killer killed a process)")?;
+        }
+        Ok(())
     }
 }
 
@@ -367,6 +450,8 @@ impl std::fmt::Display for ExitStatus {
 pub struct Runtime {
     binary: PathBuf,
     state_root: PathBuf,
+    /// Detected on the first memory-limited run.
+    cgroups: std::sync::Arc<std::sync::OnceLock<Result<cgroup::Layout, String>>>,
 }
 
 impl Runtime {
@@ -377,7 +462,14 @@ impl Runtime {
         Runtime {
             binary: runtime_binary,
             state_root,
+            cgroups: Default::default(),
         }
+    }
+
+    fn cgroup_layout(&self) -> Result<cgroup::Layout, String> {
+        self.cgroups
+            .get_or_init(|| cgroup::Layout::detect().map_err(|e| e.to_string()))
+            .clone()
     }
 
     pub fn binary(&self) -> &Path {
@@ -457,6 +549,10 @@ impl Runtime {
         let mut err_buf = vec![0u8; 64 * 1024];
         let (mut out_open, mut err_open) = (true, true);
         let mut exited: Option<(std::process::ExitStatus, tokio::time::Instant)> = None;
+        // When to kill the container: at the timeout, then again every
+        // second in case the runtime had not created it yet.
+        let mut kill_at = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut timed_out = false;
         let status = loop {
             if let (false, false, Some((status, _))) = (out_open, err_open, exited) {
                 break status;
@@ -479,6 +575,15 @@ impl Runtime {
                     let status = r.map_err(|source| io_error("waiting for the runtime process of bundle", source))?;
                     exited = Some((status, tokio::time::Instant::now()));
                 }
+                // Kill the container; `runc run` then exits and the loop
+                // drains the pipes and reaps it as for any other end.
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if kill_at.is_some() && exited.is_none() => {
+                    timed_out = true;
+                    tracing::debug!(container = %id, "timed out; killing");
+                    runc::kill_async(&self.binary, &self.state_root, &id).await;
+                    kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 _ = tokio::time::sleep_until(drain_deadline), if exited.is_some() => {
                     tracing::warn!(container = %id, "output pipes still open {DRAIN_WAIT:?} after the runtime exited; not waiting longer");
                     if let Some((status, _)) = exited {
@@ -493,7 +598,16 @@ impl Runtime {
         } else {
             runc::logged_errors(&guard.bundle.join(RUNTIME_LOG))
         };
+        let oom_killed = guard.cgroup.as_ref().is_some_and(|c| c.oom_killed());
         let teardown = guard.teardown().await;
+        if timed_out || oom_killed {
+            teardown?;
+            return Ok(ExitStatus {
+                timed_out,
+                oom_killed,
+                ..ExitStatus::from_runtime(status)
+            });
+        }
         // A command that cannot be executed is the step's failure, not the
         // runtime's: report it as a shell (and Docker) does, with 127 or 126,
         // so tools and diagnosis see an exit code. The runtime has already
@@ -502,7 +616,7 @@ impl Runtime {
             teardown?;
             return Ok(ExitStatus {
                 code: Some(code),
-                signal: None,
+                ..ExitStatus::default()
             });
         }
         if !runtime_errors.is_empty() {
@@ -536,6 +650,7 @@ impl Runtime {
             mounted: false,
             stubs: None,
             child: None,
+            cgroup: None,
             spawned: false,
             done: false,
         };
@@ -572,7 +687,15 @@ impl Runtime {
             user: spec.user.clone().unwrap_or_else(|| "0".into()),
             reason: e.reason,
         })?;
-        let mounts = config::mounts(spec.network, &spec.mounts);
+        let hostname = spec.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
+        let name_files = config::write_name_files(
+            &bundle.join(HOSTS),
+            &bundle.join(HOSTNAME),
+            spec.network,
+            hostname,
+        )
+        .map_err(|e| guard.io("writing /etc/hosts and /etc/hostname in", &bundle, e))?;
+        let mounts = config::mounts(spec.network, &name_files, &spec.mounts);
         let mut targets: Vec<String> = mounts.iter().map(|m| m.destination.clone()).collect();
         targets.push(spec.cwd.clone());
         guard.stubs = Some(
@@ -582,9 +705,34 @@ impl Runtime {
         create_cwd(&rootfs, &spec.cwd, &user)
             .map_err(|e| guard.io("creating the working directory in", &rootfs, e))?;
 
+        let cgroups_path = match spec.limits.memory {
+            None => None,
+            Some(limit) => {
+                let limit_error = |reason: String| Error::Limits {
+                    container_id: id.to_string(),
+                    reason,
+                };
+                let layout = self.cgroup_layout().map_err(limit_error)?;
+                let runtime_path = layout.runtime_path(id);
+                guard.cgroup = Some(
+                    cgroup::StepCgroup::create(layout, id, limit)
+                        .map_err(|e| limit_error(e.to_string()))?,
+                );
+                Some(runtime_path)
+            }
+        };
         let env = finalize_env(&spec.env, &user);
         let config_path = bundle.join(CONFIG);
-        write_config(spec, &env, &user, &mounts, &config_path).map_err(|source| Error::Config {
+        write_config(
+            spec,
+            &env,
+            &user,
+            &mounts,
+            cgroups_path,
+            hostname,
+            &config_path,
+        )
+        .map_err(|source| Error::Config {
             container_id: id.to_string(),
             path: config_path.clone(),
             source,
@@ -728,6 +876,10 @@ impl Runtime {
         if valid_id(id) {
             runc::kill_sync(&self.binary, &self.state_root, id);
             runc::delete_sync(&self.binary, &self.state_root, id)?;
+            // A memory-limited step leaves kiln's parent cgroup behind.
+            if let Ok(layout) = self.cgroup_layout() {
+                cgroup::remove_step_dirs(&layout, id).map_err(|e| e.to_string())?;
+            }
         } else {
             tracing::warn!(bundle = %bundle.display(), "stale lock names no valid container id; only unmounting");
         }
@@ -760,6 +912,9 @@ struct RunGuard {
     mounted: bool,
     stubs: Option<StubPlan>,
     child: Option<tokio::process::Child>,
+    /// The parent cgroup of a memory-limited step; removed after the
+    /// runtime deleted the container's own.
+    cgroup: Option<cgroup::StepCgroup>,
     /// The runtime was started: a container may exist.
     spawned: bool,
     done: bool,
@@ -816,6 +971,14 @@ impl RunGuard {
                     self.mounted = false;
                 }
                 Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !self.spawned {
+            if let Some(group) = self.cgroup.as_mut() {
+                match group.remove() {
+                    Ok(()) => self.cgroup = None,
+                    Err(e) => problems.push(e.to_string()),
+                }
             }
         }
         // The upper dir is only edited once no overlay uses it.
@@ -896,7 +1059,16 @@ impl RunGuard {
             };
             result.map_err(|e| format!("removing {}: {e}", path.display()))
         };
-        for name in [CONFIG, RUNTIME_LOG, ROOTFS, SCRATCH, LINKS, LOCK] {
+        for name in [
+            CONFIG,
+            RUNTIME_LOG,
+            HOSTS,
+            HOSTNAME,
+            ROOTFS,
+            SCRATCH,
+            LINKS,
+            LOCK,
+        ] {
             remove(name)?;
         }
         self.lock = None;
@@ -959,8 +1131,33 @@ fn validate(spec: &RunSpec) -> Result<Checked, Error> {
             return Err(invalid(format!("env entry {var:?} is not KEY=VALUE")));
         }
     }
-    if spec.hostname.as_deref() == Some("") {
-        return Err(invalid("hostname is empty".into()));
+    if let Some(name) = &spec.hostname {
+        if !config::valid_hostname(name) {
+            return Err(invalid(format!(
+                "hostname {name:?} must be 1-63 letters, digits and inner '-' or '.' (RFC 1123)"
+            )));
+        }
+    }
+    if spec.limits.memory.is_some_and(|m| m < 4 << 20) {
+        return Err(invalid("memory limit must be at least 4 MiB".into()));
+    }
+    if spec.limits.cpu_millis == Some(0) {
+        return Err(invalid("cpu limit must be more than 0".into()));
+    }
+    for r in &spec.rlimits {
+        if !Rlimit::NAMES.contains(&r.name.as_str()) {
+            return Err(invalid(format!(
+                "unknown ulimit {:?}; known: {}",
+                r.name,
+                Rlimit::NAMES.join(", ")
+            )));
+        }
+        if r.soft > r.hard {
+            return Err(invalid(format!(
+                "ulimit {}: soft limit {} is above hard limit {}",
+                r.name, r.soft, r.hard
+            )));
+        }
     }
     for m in &spec.mounts {
         if !m.target.starts_with('/') || Path::new(&m.target).components().count() < 2 {
@@ -1140,6 +1337,8 @@ fn write_config(
     env: &[String],
     user: &ResolvedUser,
     mounts: &[MountEntry],
+    cgroups_path: Option<String>,
+    hostname: &str,
     path: &Path,
 ) -> Result<(), oci_spec::OciSpecError> {
     let config = config::build(&ConfigInput {
@@ -1149,8 +1348,10 @@ fn write_config(
         user,
         network: spec.network,
         mounts,
-        hostname: spec.hostname.as_deref(),
+        hostname,
         limits: spec.limits,
+        rlimits: &spec.rlimits,
+        cgroups_path,
     })?;
     config.save(path)
 }
@@ -1165,7 +1366,7 @@ mod tests {
             ExitStatus::from_code(0),
             ExitStatus {
                 code: Some(0),
-                signal: None
+                ..ExitStatus::default()
             }
         );
         assert!(ExitStatus::from_code(0).success());
@@ -1174,8 +1375,8 @@ mod tests {
         assert_eq!(
             ExitStatus::from_code(137),
             ExitStatus {
-                code: None,
-                signal: Some(9)
+                signal: Some(9),
+                ..ExitStatus::default()
             }
         );
         assert_eq!(ExitStatus::from_code(143).signal, Some(15));
@@ -1224,6 +1425,8 @@ mod tests {
             mounts: vec![],
             hostname: None,
             limits: StepLimits::default(),
+            rlimits: vec![],
+            timeout: None,
         };
         // Never polled: only the type matters.
         assert_send(runtime.run(spec, |_, _| None));

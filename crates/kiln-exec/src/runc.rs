@@ -32,6 +32,22 @@ pub(crate) fn kill_sync(binary: &Path, state_root: &Path, id: &str) {
     }
 }
 
+/// [`kill_sync`] without blocking the executor thread.
+pub(crate) async fn kill_async(binary: &Path, state_root: &Path, id: &str) {
+    let mut cmd = tokio::process::Command::from(std_command(binary, state_root));
+    let out = cmd
+        .args(["kill", id, "KILL"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await;
+    if let Ok(out) = out {
+        if !out.status.success() {
+            tracing::debug!(container = id, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "runtime kill failed");
+        }
+    }
+}
+
 /// `delete --force ID`, blocking.
 pub(crate) fn delete_sync(binary: &Path, state_root: &Path, id: &str) -> Result<(), String> {
     let out = std_command(binary, state_root)

@@ -20,7 +20,7 @@ async fn exit_codes() {
         status,
         ExitStatus {
             code: Some(0),
-            signal: None
+            ..ExitStatus::default()
         }
     );
     assert!(status.success());
@@ -62,8 +62,8 @@ async fn killed_by_signal_reports_the_signal() {
     assert_eq!(
         result.expect("a killed process is a status"),
         ExitStatus {
-            code: None,
-            signal: Some(9)
+            signal: Some(9),
+            ..ExitStatus::default()
         }
     );
 }
@@ -611,7 +611,10 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     // step) exits, the kernel kills the rest.
     let bomb = "i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done; echo all started";
     let mut spec = fx.spec(&["sh", "-c", bomb]);
-    spec.limits = kiln_exec::StepLimits { pids: Some(50) };
+    spec.limits = kiln_exec::StepLimits {
+        pids: Some(50),
+        ..kiln_exec::StepLimits::default()
+    };
     let (r, out, err) = fx.run(spec).await;
     r.expect("the step runs");
     assert!(err.contains("can't fork"), "stdout {out:?}, stderr {err:?}");

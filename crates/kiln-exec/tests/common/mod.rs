@@ -94,6 +94,8 @@ impl Fixture {
             mounts: vec![],
             hostname: None,
             limits: kiln_exec::StepLimits::default(),
+            rlimits: vec![],
+            timeout: None,
         }
     }
 
