@@ -32,6 +32,9 @@ use crate::solve::{read_output, solve, FsState, Target};
 #[derive(Clone, Debug, Default)]
 pub struct ExecOptions {
     pub expect: g::Expect,
+    /// This step's limits and timeout, over the container's
+    /// ([`Container::with_limits`]) and the engine's defaults.
+    pub limits: g::Limits,
 }
 
 /// A container: a filesystem and the configuration its next step runs with.
@@ -213,10 +216,50 @@ impl Container {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.then(g::ContainerOp::Exec {
-            parent: self.parent(),
+        let base = if options.limits.is_empty() {
+            self.clone()
+        } else {
+            self.then(g::ContainerOp::WithLimits {
+                parent: self.parent(),
+                limits: options.limits,
+                next_exec_only: true,
+            })
+        };
+        base.then(g::ContainerOp::Exec {
+            parent: base.parent(),
             args: args.into_iter().map(Into::into).collect(),
             expect: options.expect,
+        })
+    }
+
+    /// Memory, CPU, pids limits and a timeout for every later step; fields
+    /// left `None` keep what was set before. Limits are not part of any
+    /// step's key: raising a timeout does not re-run a cached step.
+    pub fn with_limits(&self, limits: g::Limits) -> Container {
+        self.then(g::ContainerOp::WithLimits {
+            parent: self.parent(),
+            limits,
+            next_exec_only: false,
+        })
+    }
+
+    /// A POSIX resource limit for later steps, as `docker run --ulimit
+    /// NAME=SOFT:HARD`: `nofile`, `nproc`, `core`, `stack`, `memlock`, ...
+    pub fn with_ulimit(&self, name: &str, soft: u64, hard: u64) -> Container {
+        self.then(g::ContainerOp::WithUlimit {
+            parent: self.parent(),
+            name: name.to_owned(),
+            soft,
+            hard,
+        })
+    }
+
+    /// The hostname later steps see; it resolves to a loopback address
+    /// inside the step. The default is `kiln`.
+    pub fn with_hostname(&self, hostname: &str) -> Container {
+        self.then(g::ContainerOp::WithHostname {
+            parent: self.parent(),
+            hostname: hostname.to_owned(),
         })
     }
 
@@ -478,6 +521,7 @@ impl Container {
                     Ok(_) => crate::Outcome::Succeeded { exit_code: 0 },
                     Err(e) => crate::Outcome::Failed {
                         message: e.to_string(),
+                        ending: None,
                     },
                 },
             });

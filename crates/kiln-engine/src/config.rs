@@ -34,6 +34,13 @@ pub(crate) struct RunConfig {
     pub network: NetworkMode,
     pub mounts: Vec<Mount>,
     pub secret_env: Vec<(String, Secret)>,
+    /// From `with_limits`, for every later step.
+    pub limits: kiln_graph::Limits,
+    /// From `with_exec(..., timeout=...)` and the like: this step only.
+    pub step_limits: kiln_graph::Limits,
+    /// `(name, soft, hard)`, one per name.
+    pub ulimits: Vec<(String, u64, u64)>,
+    pub hostname: Option<String>,
 }
 
 impl RunConfig {
@@ -47,7 +54,17 @@ impl RunConfig {
             network: NetworkMode::Host,
             mounts: Vec::new(),
             secret_env: Vec::new(),
+            limits: kiln_graph::Limits::default(),
+            step_limits: kiln_graph::Limits::default(),
+            ulimits: Vec::new(),
+            hostname: None,
         }
+    }
+
+    /// The limits the next step runs with: its own, then the container's,
+    /// then the engine's defaults.
+    pub fn effective_limits(&self, defaults: kiln_graph::Limits) -> kiln_graph::Limits {
+        self.step_limits.or(self.limits).or(defaults)
     }
 
     fn set_env(&mut self, name: &str, value: &str) {
@@ -88,7 +105,31 @@ pub(crate) fn config_of(inner: &Inner, container: &Container) -> Result<RunConfi
                 cfg.entrypoint = c.entrypoint.clone();
                 cfg.cmd = c.cmd.clone();
             }
-            ContainerOp::Scratch | ContainerOp::Exec { .. } => {}
+            ContainerOp::Scratch => {}
+            // Per-step limits were for an earlier step, not the one asked about.
+            ContainerOp::Exec { .. } => {
+                if !std::sync::Arc::ptr_eq(node, container) {
+                    cfg.step_limits = kiln_graph::Limits::default();
+                }
+            }
+            ContainerOp::WithLimits {
+                limits,
+                next_exec_only,
+                ..
+            } => {
+                if *next_exec_only {
+                    cfg.step_limits = limits.or(cfg.step_limits);
+                } else {
+                    cfg.limits = limits.or(cfg.limits);
+                }
+            }
+            ContainerOp::WithUlimit {
+                name, soft, hard, ..
+            } => {
+                cfg.ulimits.retain(|(n, _, _)| n != name);
+                cfg.ulimits.push((name.clone(), *soft, *hard));
+            }
+            ContainerOp::WithHostname { hostname, .. } => cfg.hostname = Some(hostname.clone()),
             ContainerOp::WithDirectory { .. }
             | ContainerOp::WithFile { .. }
             | ContainerOp::WithNewFile { .. } => {}

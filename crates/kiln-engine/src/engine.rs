@@ -35,6 +35,10 @@ pub struct EngineOptions {
     /// `replayed`, right after its [`Event::Cached`]: a runner's job log is
     /// then complete whichever attempt or machine ran the step.
     pub replay_cached: bool,
+    /// Limits of every step that sets none of its own (`--memory`,
+    /// `--cpus`, `--pids`, a per-step timeout). Unset fields are
+    /// unlimited, except pids ([`kiln_exec::StepLimits::DEFAULT_PIDS`]).
+    pub default_limits: kiln_graph::Limits,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +58,7 @@ impl Default for EngineOptions {
             images: crate::ImagePolicy::default(),
             plan_only: false,
             replay_cached: false,
+            default_limits: kiln_graph::Limits::default(),
         }
     }
 }
@@ -76,6 +81,7 @@ pub(crate) struct Inner {
     pub image_policy: crate::ImagePolicy,
     pub plan_only: bool,
     pub replay_cached: bool,
+    pub default_limits: kiln_graph::Limits,
     /// Every reference given to `container()`, as written.
     pub image_references: Mutex<BTreeSet<String>>,
     /// Every tag resolved (normalised) and the digest it meant.
@@ -121,6 +127,7 @@ impl Engine {
                 image_policy: options.images,
                 plan_only: options.plan_only,
                 replay_cached: options.replay_cached,
+                default_limits: options.default_limits,
                 image_references: Mutex::new(BTreeSet::new()),
                 resolved_images: Mutex::new(BTreeMap::new()),
                 host_trees: Mutex::new(HashMap::new()),

@@ -60,6 +60,8 @@ pub struct StepFailure {
     pub command: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// Why it ended, as the events say it.
+    pub ending: crate::Ending,
     pub expected: kiln_graph::Expect,
     pub output_tail: String,
 }
@@ -68,10 +70,24 @@ pub struct StepFailure {
 pub const TAIL_LINES: usize = 30;
 
 fn failure_message(f: &StepFailure) -> String {
-    let status = match (f.exit_code, f.signal) {
-        (_, Some(sig)) => format!("was killed by signal {sig}"),
-        (Some(code), None) => format!("exited with code {code}"),
-        (None, None) => "ended without an exit status".to_owned(),
+    let status = match (&f.ending, f.exit_code, f.signal) {
+        (crate::Ending::TimedOut { timeout_s }, _, _) => {
+            format!("timed out after {} and was killed", seconds(*timeout_s))
+        }
+        (
+            crate::Ending::OomKilled {
+                memory_limit_bytes, ..
+            },
+            _,
+            _,
+        ) => format!(
+            "ran out of memory: the kernel's OOM killer killed a process at its memory limit of {}",
+            bytes(*memory_limit_bytes)
+        ),
+        (crate::Ending::Cancelled, _, _) => "was cancelled".to_owned(),
+        (_, _, Some(sig)) => format!("was killed by signal {sig}"),
+        (_, Some(code), None) => format!("exited with code {code}"),
+        (_, None, None) => "ended without an exit status".to_owned(),
     };
     let expectation = match f.expected {
         kiln_graph::Expect::Failure => " (a failure was expected)",
@@ -85,6 +101,31 @@ fn failure_message(f: &StepFailure) -> String {
         ));
     }
     msg
+}
+
+/// `90 s`, `1.5 s`: whole seconds without decimals.
+pub(crate) fn seconds(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// `512 MiB`, `4 GiB`, `1.5 GiB`, `100 bytes`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if n >= 1 << shift {
+            let value = n as f64 / (1u64 << shift) as f64;
+            return if value.fract() == 0.0 {
+                format!("{value:.0} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+    }
+    format!("{n} bytes")
 }
 
 macro_rules! from_arc {

@@ -13,16 +13,49 @@ pub enum Stream {
     Stderr,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "lowercase", tag = "outcome")]
 pub enum Outcome {
-    Succeeded { exit_code: i32 },
-    Failed { message: String },
+    Succeeded {
+        exit_code: i32,
+    },
+    Failed {
+        message: String,
+        /// How the step's process ended, for steps that ran one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ending: Option<Ending>,
+    },
+}
+
+/// How a step's process ended when it failed: the facts failure diagnosis
+/// starts from. In JSON, `{"reason": "oom_killed", ...}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Ending {
+    /// The process exited by itself with this code.
+    Exited { exit_code: i32 },
+    /// The process was killed by this signal, not by kiln.
+    Signaled { signal: i32 },
+    /// The step reached its memory limit and the kernel's OOM killer killed
+    /// a process of it (from the cgroup's OOM event). The process's own
+    /// end follows as `exit_code` or `signal`.
+    OomKilled {
+        memory_limit_bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    /// The step ran past its timeout and kiln killed it.
+    TimedOut { timeout_s: f64 },
+    /// The run was cancelled (Ctrl-C, `--timeout`, the server) while the
+    /// step ran; kiln killed it.
+    Cancelled,
 }
 
 /// One thing that happened while solving. Output is already scrubbed of
 /// secrets; nothing in an event carries a secret value.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "lowercase", tag = "event")]
 pub enum Event {
     /// A step began to run.

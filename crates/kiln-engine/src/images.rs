@@ -159,6 +159,7 @@ impl Inner {
                 Ok(_) => Outcome::Succeeded { exit_code: 0 },
                 Err(e) => Outcome::Failed {
                     message: e.to_string(),
+                    ending: None,
                 },
             },
         });

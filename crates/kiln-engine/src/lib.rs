@@ -28,7 +28,9 @@ mod solve;
 pub use api::{CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result, StepFailure, TAIL_LINES};
-pub use events::{Event, Outcome, StepId, Stream, Subscription};
+pub use events::{Ending, Event, Outcome, StepId, Stream, Subscription};
 pub use images::ImagePolicy;
-pub use kiln_graph::{Expect, Sharing};
+/// What `with_hostname` and `with_ulimit` accept, as the runtime checks it.
+pub use kiln_exec::{valid_hostname, Rlimit};
+pub use kiln_graph::{parse_cpus, parse_duration, parse_memory, Expect, Limits, Sharing};
 pub use lockfile::{LockFile, LOCK_FILE};

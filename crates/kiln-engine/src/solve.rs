@@ -199,7 +199,14 @@ impl Solver {
     }
 
     fn container(&self, c: Container) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        // Limits share their parent's key (they are not part of any): solve
+        // the parent, or the memo would have the node wait for itself.
+        let mut c = c;
+        while let ContainerOp::WithLimits { parent, .. } = &c.op {
+            c = parent.clone();
+        }
         let this = self.clone();
+
         self.memoized(self.keys.container(&c), move |key| {
             async move { this.container_uncached(c, key).await.map(Arc::new) }.boxed()
         })
@@ -585,13 +592,26 @@ impl Solver {
         started: Instant,
         result: std::result::Result<i32, String>,
     ) {
+        self.finish_ending(step, name, started, result, None);
+    }
+
+    /// [`Solver::finish`] for a step whose process ran: a failure says how
+    /// it ended.
+    fn finish_ending(
+        &self,
+        step: crate::events::StepId,
+        name: &str,
+        started: Instant,
+        result: std::result::Result<i32, String>,
+        ending: Option<crate::Ending>,
+    ) {
         self.inner.emit(Event::Finished {
             step,
             name: name.to_owned(),
             duration: started.elapsed(),
             outcome: match result {
                 Ok(exit_code) => Outcome::Succeeded { exit_code },
-                Err(message) => Outcome::Failed { message },
+                Err(message) => Outcome::Failed { message, ending },
             },
         });
     }
@@ -740,6 +760,7 @@ impl Solver {
             ));
         }
         let cfg = self.config(c)?;
+        let limits = cfg.effective_limits(self.inner.default_limits);
         let base = self.container(parent).await?;
         let inner = self.inner.clone();
 
@@ -857,8 +878,25 @@ impl Solver {
                 NetworkMode::None => kiln_exec::Network::None,
             },
             mounts: binds,
-            hostname: None,
-            limits: kiln_exec::StepLimits::default(),
+            hostname: cfg.hostname.clone(),
+            limits: kiln_exec::StepLimits {
+                pids: match limits.pids {
+                    Some(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+                    None => kiln_exec::StepLimits::default().pids,
+                },
+                memory: limits.memory_bytes,
+                cpu_millis: limits.cpu_millis,
+            },
+            rlimits: cfg
+                .ulimits
+                .iter()
+                .map(|(name, soft, hard)| kiln_exec::Rlimit {
+                    name: name.clone(),
+                    soft: *soft,
+                    hard: *hard,
+                })
+                .collect(),
+            timeout: limits.timeout,
         };
         let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
         let sink = {
@@ -917,7 +955,13 @@ impl Solver {
         drop(keep_alive);
         drop(work);
         let Some(status) = status else {
-            self.finish(step, name, started, Err("cancelled".into()));
+            self.finish_ending(
+                step,
+                name,
+                started,
+                Err("cancelled".into()),
+                Some(crate::Ending::Cancelled),
+            );
             return Err(Error::Cancelled);
         };
         let status = match status {
@@ -932,21 +976,26 @@ impl Solver {
         let exit_code = status
             .code
             .unwrap_or_else(|| 128 + status.signal.unwrap_or(0));
+        // A step kiln killed (timeout) or the kernel did (OOM) failed,
+        // whatever was expected of its exit status.
+        let killed = status.timed_out || status.oom_killed;
         let as_expected = match expect {
-            Expect::Success => status.success(),
-            Expect::Failure => !status.success(),
-            Expect::Any => true,
+            Expect::Success => status.success() && !killed,
+            Expect::Failure => !status.success() && !killed,
+            Expect::Any => !killed,
         };
         if !as_expected {
+            let ending = ending_of(&status, &limits);
             let failure = StepFailure {
                 command: name.trim_start_matches("exec ").to_owned(),
                 exit_code: status.code,
                 signal: status.signal,
+                ending: ending.clone(),
                 expected: expect,
                 output_tail: tail_lines(&captured.tail(), TAIL_LINES),
             };
             let err = Error::StepFailed(Arc::new(failure));
-            self.finish(step, name, started, Err(err.to_string()));
+            self.finish_ending(step, name, started, Err(err.to_string()), Some(ending));
             return Err(err);
         }
         let committed = {
@@ -982,6 +1031,27 @@ impl Solver {
                 stderr,
             }),
         })
+    }
+}
+
+/// What the events and the failure say about how a step's process ended.
+fn ending_of(status: &kiln_exec::ExitStatus, limits: &kiln_graph::Limits) -> crate::Ending {
+    if status.timed_out {
+        return crate::Ending::TimedOut {
+            timeout_s: limits.timeout.map_or(0.0, |t| t.as_secs_f64()),
+        };
+    }
+    if status.oom_killed {
+        return crate::Ending::OomKilled {
+            memory_limit_bytes: limits.memory_bytes.unwrap_or(0),
+            exit_code: status.code,
+            signal: status.signal,
+        };
+    }
+    match (status.code, status.signal) {
+        (_, Some(signal)) => crate::Ending::Signaled { signal },
+        (Some(exit_code), None) => crate::Ending::Exited { exit_code },
+        (None, None) => crate::Ending::Exited { exit_code: -1 },
     }
 }
 

@@ -107,7 +107,7 @@ async fn cancel_kills_a_running_step_awaited_by_a_task() {
     assert!(
         matches!(
             finished.as_slice(),
-            [Event::Finished { outcome: Outcome::Failed { message }, .. }] if message == "cancelled"
+            [Event::Finished { outcome: Outcome::Failed { message, ending: Some(kiln_engine::Ending::Cancelled) }, .. }] if message == "cancelled"
         ),
         "{finished:?}"
     );

@@ -70,6 +70,7 @@ async fn exit_codes_env_workdir_user_and_streams() {
         sh("exit 3"),
         ExecOptions {
             expect: Expect::Any,
+            ..ExecOptions::default()
         },
     );
     assert_eq!(any.exit_code().await.unwrap(), 3);

@@ -25,7 +25,7 @@ pub(crate) const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// A hostname as RFC 1123 allows one: labels of letters, digits and inner
 /// hyphens, at most 63 characters in all (the kernel's limit is 64).
-pub(crate) fn valid_hostname(name: &str) -> bool {
+pub fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.split('.').all(|label| {

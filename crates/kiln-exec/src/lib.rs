@@ -78,7 +78,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-pub use config::{DEFAULT_HOSTNAME, DEFAULT_PATH};
+pub use config::{valid_hostname, DEFAULT_HOSTNAME, DEFAULT_PATH};
 
 use crate::config::{ConfigInput, MountEntry};
 use crate::stubs::StubPlan;

@@ -81,6 +81,11 @@ impl<L: LeafKeys> Keyer<L> {
             Some(p) => Some(self.container(p)?),
             None => None,
         };
+        // Limits decide whether a step finishes, not what it makes: the
+        // node is keyed as its parent.
+        if let (ContainerOp::WithLimits { .. }, Some(parent)) = (op, parent) {
+            return Ok(parent);
+        }
         let mut b = KeyBuilder::new(container_op_name(op));
         if let Some(p) = &parent {
             b.key(p);
@@ -152,6 +157,15 @@ impl<L: LeafKeys> Keyer<L> {
             ContainerOp::WithMountedSecret { path, secret, .. } => {
                 let secret = self.leaves.secret(secret)?;
                 b.str(path).key(&secret);
+            }
+            ContainerOp::WithLimits { .. } => {}
+            ContainerOp::WithUlimit {
+                name, soft, hard, ..
+            } => {
+                b.str(name).u64(*soft).u64(*hard);
+            }
+            ContainerOp::WithHostname { hostname, .. } => {
+                b.str(hostname);
             }
         }
         Ok(b.finish())
@@ -265,5 +279,8 @@ pub fn container_op_name(op: &ContainerOp) -> &'static str {
         ContainerOp::WithMountedDirectory { .. } => "with_mounted_directory",
         ContainerOp::WithSecretVariable { .. } => "with_secret_variable",
         ContainerOp::WithMountedSecret { .. } => "with_mounted_secret",
+        ContainerOp::WithLimits { .. } => "with_limits",
+        ContainerOp::WithUlimit { .. } => "with_ulimit",
+        ContainerOp::WithHostname { .. } => "with_hostname",
     }
 }

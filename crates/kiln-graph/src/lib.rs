@@ -20,8 +20,10 @@
 
 mod derive;
 mod key;
+mod limits;
 mod node;
 
 pub use derive::{container_op_name, Keyer, LeafKeys};
 pub use key::{Key, KeyBuilder, ENCODING_VERSION};
+pub use limits::{parse_cpus, parse_duration, parse_memory, Limits};
 pub use node::*;

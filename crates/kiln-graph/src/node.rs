@@ -176,6 +176,26 @@ pub enum ContainerOp {
         path: String,
         secret: Secret,
     },
+    /// Limits for later steps (`next_exec_only`: for the next exec only).
+    /// Not part of any key: see [`crate::Limits`].
+    WithLimits {
+        parent: Container,
+        limits: crate::Limits,
+        next_exec_only: bool,
+    },
+    /// A POSIX resource limit (`ulimit`) for later steps, by its lower-case
+    /// name (`nofile`, `nproc`, ...).
+    WithUlimit {
+        parent: Container,
+        name: String,
+        soft: u64,
+        hard: u64,
+    },
+    /// The hostname later steps see (and resolve).
+    WithHostname {
+        parent: Container,
+        hostname: String,
+    },
 }
 
 impl Drop for ContainerNode {
@@ -211,7 +231,10 @@ macro_rules! with_parent {
             | WithMountedCache { $parent, .. }
             | WithMountedDirectory { $parent, .. }
             | WithSecretVariable { $parent, .. }
-            | WithMountedSecret { $parent, .. } => $some,
+            | WithMountedSecret { $parent, .. }
+            | WithLimits { $parent, .. }
+            | WithUlimit { $parent, .. }
+            | WithHostname { $parent, .. } => $some,
         }
     }};
 }

@@ -231,3 +231,39 @@ fn encoding_is_pinned() {
 }
 
 const PINNED: &str = "4b34dec8b108759b3629509ead74faee14db61348c4cae6e1e05f9bd9617e3a1";
+
+#[test]
+fn limits_leave_keys_alone_but_ulimits_and_hostnames_do_not() {
+    let mut keyer = Keyer::new(leaves());
+    let base = from("busybox");
+    let plain = keyer.container(&exec(&base, &["make"])).unwrap();
+    let limited = Arc::new(ContainerNode {
+        op: ContainerOp::WithLimits {
+            parent: base.clone(),
+            limits: Limits {
+                memory_bytes: Some(1 << 30),
+                timeout: Some(std::time::Duration::from_secs(60)),
+                ..Limits::default()
+            },
+            next_exec_only: true,
+        },
+    });
+    assert_eq!(keyer.container(&exec(&limited, &["make"])).unwrap(), plain);
+
+    let ulimited = Arc::new(ContainerNode {
+        op: ContainerOp::WithUlimit {
+            parent: base.clone(),
+            name: "nofile".into(),
+            soft: 65536,
+            hard: 65536,
+        },
+    });
+    assert_ne!(keyer.container(&exec(&ulimited, &["make"])).unwrap(), plain);
+    let named = Arc::new(ContainerNode {
+        op: ContainerOp::WithHostname {
+            parent: base,
+            hostname: "db".into(),
+        },
+    });
+    assert_ne!(keyer.container(&exec(&named, &["make"])).unwrap(), plain);
+}

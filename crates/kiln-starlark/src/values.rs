@@ -19,7 +19,8 @@ use starlark::eval::Evaluator;
 use starlark::starlark_module;
 use starlark::starlark_simple_value;
 use starlark::values::list_or_tuple::UnpackListOrTuple;
-use starlark::values::{starlark_value, NoSerialize, StarlarkValue};
+use starlark::values::none::NoneOr;
+use starlark::values::{starlark_value, NoSerialize, StarlarkValue, Value};
 
 /// What native functions need from the host: the engine to build values on,
 /// and the runtime to solve them with. Installed as `Evaluator::extra` for
@@ -69,6 +70,58 @@ fn parse_expect(expect: &str) -> anyhow::Result<Expect> {
         "failure" => Ok(Expect::Failure),
         other => bail!("expect must be \"success\", \"any\" or \"failure\", got {other:?}"),
     }
+}
+
+/// A limit given as a string (`"4g"`, `"30m"`) or a number (bytes,
+/// seconds, CPUs), as the text the shared parsers read.
+fn limit_text(value: Value, what: &str, example: &str) -> anyhow::Result<String> {
+    if let Some(text) = value.unpack_str() {
+        return Ok(text.to_owned());
+    }
+    match value.get_type() {
+        "int" | "float" => Ok(value.to_str()),
+        other => bail!("{what} must be a string like {example} or a number, got {other}"),
+    }
+}
+
+/// The `memory`, `cpus`, `pids` and `timeout` arguments of `with_exec`
+/// and `with_limits`.
+fn parse_limits(
+    memory: NoneOr<Value>,
+    cpus: NoneOr<Value>,
+    pids: NoneOr<i32>,
+    timeout: NoneOr<Value>,
+) -> anyhow::Result<g::Limits> {
+    let memory_bytes = match memory.into_option() {
+        None => None,
+        Some(v) => {
+            Some(g::parse_memory(&limit_text(v, "memory", "\"4g\"")?).map_err(|e| anyhow!(e))?)
+        }
+    };
+    let cpu_millis = match cpus.into_option() {
+        None => None,
+        Some(v) => Some(g::parse_cpus(&limit_text(v, "cpus", "\"1.5\"")?).map_err(|e| anyhow!(e))?),
+    };
+    let pids = match pids.into_option() {
+        None => None,
+        Some(n) if n > 0 => Some(n as u64),
+        Some(n) => bail!("pids must be a positive number, got {n}"),
+    };
+    let timeout = match timeout.into_option() {
+        None => None,
+        Some(v) => {
+            Some(g::parse_duration(&limit_text(v, "timeout", "\"30m\"")?).map_err(|e| anyhow!(e))?)
+        }
+    };
+    if memory_bytes.is_some_and(|m| m < 4 << 20) {
+        bail!("memory must be at least 4m (4 MiB)");
+    }
+    Ok(g::Limits {
+        memory_bytes,
+        cpu_millis,
+        pids,
+        timeout,
+    })
 }
 
 fn parse_sharing(sharing: &str) -> anyhow::Result<Sharing> {
@@ -156,19 +209,81 @@ fn container_methods(builder: &mut MethodsBuilder) {
     /// Runs a command (no shell: `["sh", "-c", "..."]` for one). By default a
     /// non-zero exit fails the pipeline; `expect = "any"` accepts any exit
     /// status (read it with `exit_code()`), `expect = "failure"` requires a
-    /// non-zero one.
-    fn with_exec(
+    /// non-zero one. `timeout` (`"10m"`, or seconds), `memory` (`"2g"`, or
+    /// bytes), `cpus` (`1.5`) and `pids` limit this step only; a step over
+    /// its timeout or memory fails whatever `expect` says. Limits are not
+    /// part of the step's key.
+    fn with_exec<'v>(
         this: &StarContainer,
         #[starlark(require = pos)] args: UnpackListOrTuple<String>,
         #[starlark(require = named, default = "success")] expect: &str,
+        #[starlark(require = named, default = NoneOr::None)] timeout: NoneOr<Value<'v>>,
+        #[starlark(require = named, default = NoneOr::None)] memory: NoneOr<Value<'v>>,
+        #[starlark(require = named, default = NoneOr::None)] cpus: NoneOr<Value<'v>>,
+        #[starlark(require = named, default = NoneOr::None)] pids: NoneOr<i32>,
     ) -> anyhow::Result<StarContainer> {
         if args.items.is_empty() {
             bail!("with_exec needs a command: an empty argument list was given");
         }
         let options = ExecOptions {
             expect: parse_expect(expect)?,
+            limits: parse_limits(memory, cpus, pids, timeout)?,
         };
         Ok(StarContainer(this.0.with_exec_opts(args.items, options)))
+    }
+
+    /// Limits for every later step of this container: `memory` (`"4g"`),
+    /// `cpus` (`2`), `pids`, and a per-step `timeout` (`"30m"`). Arguments
+    /// left out keep what was set before (or the engine's default: `kiln
+    /// call --memory ...`). Not part of any step's key.
+    fn with_limits<'v>(
+        this: &StarContainer,
+        #[starlark(require = named, default = NoneOr::None)] memory: NoneOr<Value<'v>>,
+        #[starlark(require = named, default = NoneOr::None)] cpus: NoneOr<Value<'v>>,
+        #[starlark(require = named, default = NoneOr::None)] pids: NoneOr<i32>,
+        #[starlark(require = named, default = NoneOr::None)] timeout: NoneOr<Value<'v>>,
+    ) -> anyhow::Result<StarContainer> {
+        let limits = parse_limits(memory, cpus, pids, timeout)?;
+        Ok(StarContainer(this.0.with_limits(limits)))
+    }
+
+    /// A resource limit for later steps, as `ulimit`/`docker run --ulimit`:
+    /// `with_ulimit("nofile", 65536)` (soft and hard), or with `hard = N`.
+    /// Names: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice,
+    /// nofile, nproc, rss, rtprio, rttime, sigpending, stack.
+    fn with_ulimit(
+        this: &StarContainer,
+        #[starlark(require = pos)] name: &str,
+        #[starlark(require = pos)] soft: i32,
+        #[starlark(require = named, default = NoneOr::None)] hard: NoneOr<i32>,
+    ) -> anyhow::Result<StarContainer> {
+        if !kiln_engine::Rlimit::NAMES.contains(&name) {
+            bail!(
+                "unknown ulimit {name:?}; known: {}",
+                kiln_engine::Rlimit::NAMES.join(", ")
+            );
+        }
+        let hard = hard.into_option().unwrap_or(soft);
+        if soft < 0 || hard < 0 {
+            bail!("ulimit {name}: limits must not be negative");
+        }
+        if soft > hard {
+            bail!("ulimit {name}: soft limit {soft} is above hard limit {hard}");
+        }
+        Ok(StarContainer(this.0.with_ulimit(
+            name,
+            soft as u64,
+            hard as u64,
+        )))
+    }
+
+    /// The hostname later steps see (default `kiln`); it resolves inside the
+    /// step, as in a Docker container.
+    fn with_hostname(this: &StarContainer, hostname: &str) -> anyhow::Result<StarContainer> {
+        if !kiln_engine::valid_hostname(hostname) {
+            bail!("hostname {hostname:?} must be 1-63 letters, digits and inner '-' or '.'");
+        }
+        Ok(StarContainer(this.0.with_hostname(hostname)))
     }
 
     /// Copies a directory into the container at `path`. `include` and

@@ -224,6 +224,40 @@ pub enum CacheCommand {
     },
 }
 
+/// The engine's default limits for every step; a pipeline's `with_limits`
+/// and `with_exec(..., memory = ...)` override them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Memory of each step, swap included (e.g. 512m, 4g): past it the
+    /// kernel's OOM killer acts and the step fails as out of memory.
+    /// [default: unlimited]
+    #[arg(long, env = "KILN_STEP_MEMORY", value_name = "SIZE", value_parser = kiln_engine::parse_memory)]
+    pub memory: Option<u64>,
+    /// CPUs each step may use (e.g. 2, 0.5), as Docker's --cpus.
+    /// [default: unlimited]
+    #[arg(long, env = "KILN_STEP_CPUS", value_name = "CPUS", value_parser = kiln_engine::parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Processes and threads each step may have at once. [default: 4096,
+    /// or KILN_STEP_PIDS_LIMIT]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// Time each step may run (e.g. 30m, 90s, 1h30m); a step past it is
+    /// killed and fails as timed out. [default: no limit]
+    #[arg(long, env = "KILN_STEP_TIMEOUT", value_name = "DURATION", value_parser = kiln_engine::parse_duration)]
+    pub step_timeout: Option<std::time::Duration>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> kiln_engine::Limits {
+        kiln_engine::Limits {
+            memory_bytes: self.memory,
+            cpu_millis: self.cpus,
+            pids: self.pids,
+            timeout: self.step_timeout,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ExecArgs {
     /// Image to start from (as imported: `kiln image ls`).
@@ -264,6 +298,8 @@ pub struct ExecArgs {
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +325,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         offline: cli.global.offline,
         eval: cli.global.eval_limits(),
         replay_cached: cli.global.replay_cached,
+        default_limits: kiln_engine::Limits::default(),
     };
     match cli.command {
         Command::Image(ImageCommand::Pull { reference }) => images::pull(setup, reference).await,
@@ -308,7 +345,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Registry(RegistryCommand::Logout { host }) => images::logout(registry, host),
         Command::Lock(args) => images::lock(setup, args).await,
         Command::Cache(cmd) => cache(store, cmd),
-        Command::Exec(args) => exec(setup.open(LockFile::default(), false)?, args).await,
+        Command::Exec(args) => {
+            let setup = setup.with_limits(args.limits.limits());
+            exec(setup.open(LockFile::default(), false)?, args).await
+        }
         Command::Functions(module) => crate::pipeline::functions(setup, module).await,
         Command::Call(args) => crate::pipeline::call(setup, args).await,
         Command::Run(args) => crate::pipeline::run(setup, args).await,
@@ -480,7 +520,13 @@ async fn exec(engine: Engine, args: ExecArgs) -> Result<ExitCode> {
     } else {
         Expect::Success
     };
-    let c = c.with_exec_opts(args.args.clone(), ExecOptions { expect });
+    let c = c.with_exec_opts(
+        args.args.clone(),
+        ExecOptions {
+            expect,
+            ..ExecOptions::default()
+        },
+    );
 
     // Like `kiln call`: a signal kills the container instead of leaving it.
     crate::pipeline::cancel_on_interrupt(&engine);

@@ -26,9 +26,17 @@ pub struct EngineSetup {
     pub eval: kiln_starlark::EvalLimits,
     /// Show cached steps' output again (see `EngineOptions::replay_cached`).
     pub replay_cached: bool,
+    /// Limits of steps that set none (`--memory`, `--cpus`, `--pids`,
+    /// `--step-timeout`).
+    pub default_limits: kiln_engine::Limits,
 }
 
 impl EngineSetup {
+    pub fn with_limits(mut self, limits: kiln_engine::Limits) -> EngineSetup {
+        self.default_limits = limits;
+        self
+    }
+
     /// An engine that runs things, resolving images under `lock`.
     pub fn open(&self, lock: LockFile, locked: bool) -> Result<Engine> {
         self.open_with(lock, locked, false)
@@ -52,6 +60,7 @@ impl EngineSetup {
             },
             plan_only,
             replay_cached: self.replay_cached,
+            default_limits: self.default_limits,
             ..EngineOptions::default()
         })
         .with_context(|| format!("opening the engine (store {})", self.store.display()))?;

@@ -54,6 +54,8 @@ pub struct CallArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub lock: LockedArg,
+    #[command(flatten)]
+    pub limits: crate::cli::LimitArgs,
     /// Print help (of the function, when NAME is given).
     #[arg(short = 'h', long = "help")]
     pub help: bool,
@@ -76,6 +78,8 @@ pub struct RunArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub lock: LockedArg,
+    #[command(flatten)]
+    pub limits: crate::cli::LimitArgs,
     /// Further flags for `ci`, e.g. --token env:TOKEN
     #[arg(
         trailing_var_arg = true,
@@ -154,11 +158,12 @@ pub async fn call(setup: EngineSetup, mut args: CallArgs) -> Result<ExitCode> {
         flags: args.flags,
         source: None,
     };
-    invoke(setup, call, args.out).await
+    invoke(setup.with_limits(args.limits.limits()), call, args.out).await
 }
 
 pub async fn run(setup: EngineSetup, args: RunArgs) -> Result<ExitCode> {
     let root = module_root(&args.module)?;
+    let setup = setup.with_limits(args.limits.limits());
     invoke(setup, ci_call(root, args.lock.locked, args.flags), args.out).await
 }
 

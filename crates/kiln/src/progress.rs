@@ -146,7 +146,7 @@ pub fn step_line(event: &Event) -> Option<String> {
             let secs = duration.as_secs_f64();
             Some(match outcome {
                 Outcome::Succeeded { .. } => format!("#{} DONE {secs:.2}s", step.0),
-                Outcome::Failed { message } => {
+                Outcome::Failed { message, .. } => {
                     let first = message.lines().next().unwrap_or("");
                     format!("#{} FAILED {secs:.2}s: {first}", step.0)
                 }

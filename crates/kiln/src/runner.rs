@@ -110,6 +110,9 @@ pub struct RunnerArgs {
     /// uses (as `kiln run --locked`).
     #[arg(long)]
     pub locked: bool,
+    /// Limits of every step of every job, unless its pipeline sets its own.
+    #[command(flatten)]
+    pub limits: crate::cli::LimitArgs,
 }
 
 /// A registration token; never shown by `Debug`.
@@ -137,6 +140,7 @@ pub async fn run(mut setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
     // A job's log must hold its steps' output even when a step is a cache
     // hit (another attempt, another runner, or a laptop ran it).
     setup.replay_cached = true;
+    setup.default_limits = args.limits.limits();
     let api = Arc::new(Api::new(&args.server)?);
     let name = match args.name {
         Some(name) => name,
