@@ -86,7 +86,9 @@ pub enum Event {
     Finished {
         step: StepId,
         name: String,
-        #[serde(serialize_with = "millis")]
+        /// How long it ran; in JSON `duration_ms`, fractional milliseconds
+        /// (a figure's unit is in its name).
+        #[serde(rename = "duration_ms", serialize_with = "millis")]
         duration: Duration,
         #[serde(flatten)]
         outcome: Outcome,
@@ -194,5 +196,23 @@ impl Drop for Subscription {
         self.rx.close();
         // A step held back for this subscriber must not wait for it.
         self.drained.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_figure_in_an_event_names_its_unit() {
+        let finished = Event::Finished {
+            step: StepId(3),
+            name: "exec make".into(),
+            duration: Duration::from_micros(1_500),
+            outcome: Outcome::Succeeded { exit_code: 0 },
+        };
+        let json = serde_json::to_value(&finished).unwrap_or_default();
+        assert_eq!(json["duration_ms"], 1.5, "{json}");
+        assert!(json.get("duration").is_none(), "{json}");
     }
 }

@@ -22,6 +22,7 @@ mod engine;
 mod error;
 mod events;
 mod images;
+mod lines;
 pub mod lockfile;
 mod solve;
 
@@ -33,4 +34,5 @@ pub use images::ImagePolicy;
 /// What `with_hostname` and `with_ulimit` accept, as the runtime checks it.
 pub use kiln_exec::{valid_hostname, Rlimit};
 pub use kiln_graph::{parse_cpus, parse_duration, parse_memory, Expect, Limits, Sharing};
+pub use lines::{LineAssembler, Lines, LINE_CAP, LINE_WAIT};
 pub use lockfile::{LockFile, LOCK_FILE};
