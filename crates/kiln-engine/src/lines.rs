@@ -218,7 +218,7 @@ fn take_lines(data: &mut Vec<u8>, cap: usize) -> Vec<Vec<u8>> {
     loop {
         let rest = &data[start..];
         // A line of exactly `cap` bytes keeps its newline.
-        let window = &rest[..rest.len().min(cap + 1)];
+        let window = &rest[..rest.len().min(cap.saturating_add(1))];
         let end = match window.iter().position(|&b| b == b'\n') {
             Some(newline) => newline + 1,
             None if rest.len() > cap => match complete_utf8_len(&rest[..cap]) {
@@ -444,6 +444,9 @@ mod tests {
         let got = lines.push(out("abc€€€".as_bytes()), t);
         assert_eq!(datas(&got), ["abc€"]);
         assert_eq!(datas(&lines.flush_all()), ["€€"]);
+        // No cap at all is a cap too, not an overflow.
+        let mut uncapped = LineAssembler::new(WAIT, usize::MAX);
+        assert_eq!(datas(&uncapped.push(out(b"a\nb"), t)), ["a\n"]);
     }
 
     #[test]
