@@ -337,6 +337,8 @@ struct Progress {
     progress: ProgressMode,
     json: bool,
     renderer: Option<progress::Renderer>,
+    /// The steps a cancellation stopped, once the renderer has finished.
+    cancelled: Vec<progress::CancelledStep>,
 }
 
 /// Ctrl-C (or SIGTERM) cancels the run instead of killing the process: the
@@ -353,10 +355,11 @@ pub(crate) fn cancel_on_interrupt(engine: &Engine) {
     };
     let engine = engine.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        let signal = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        let _ = INTERRUPTED_BY.set(signal);
         eprintln!(
             "kiln: interrupted: stopping the running steps (interrupt again to quit at once)"
         );
@@ -366,6 +369,18 @@ pub(crate) fn cancel_on_interrupt(engine: &Engine) {
             _ = terminate.recv() => {}
         }
         drop(cancelling);
+        if JSON_RESULT_OWED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            use std::io::Write;
+            // Held to the end: no event line can follow the result.
+            let mut stdout = std::io::stdout().lock();
+            let result = serde_json::json!({
+                "event": "result",
+                "ok": false,
+                "error": format!("cancelled: interrupted by {signal}, and again: quit without waiting for the steps to stop"),
+            });
+            let _ = writeln!(stdout, "{result}");
+            let _ = stdout.flush();
+        }
         std::process::exit(INTERRUPTED);
     });
 }
@@ -373,13 +388,22 @@ pub(crate) fn cancel_on_interrupt(engine: &Engine) {
 /// The exit status of a run stopped by Ctrl-C, as shells report it.
 pub(crate) const INTERRUPTED: i32 = 130;
 
+/// The signal that cancelled the run, for its `result` event.
+static INTERRUPTED_BY: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Set while `--json` owes a `result` event: a second interrupt, which
+/// exits at once, still ends the output with one.
+static JSON_RESULT_OWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Watch for Progress {
     fn opened(&mut self, engine: &Engine) {
         cancel_on_interrupt(engine);
     }
 
     fn calling(&mut self, engine: &Engine, name: &str, own: &OwnOptions) {
-        let mode = if self.json || own.json {
+        let json = self.json || own.json;
+        JSON_RESULT_OWED.store(json, std::sync::atomic::Ordering::SeqCst);
+        let mode = if json {
             ProgressMode::Json
         } else {
             own.progress.unwrap_or(self.progress)
@@ -389,39 +413,90 @@ impl Watch for Progress {
 
     async fn finish(&mut self) {
         if let Some(renderer) = self.renderer.take() {
-            renderer.finish().await;
+            self.cancelled = renderer.finish().await;
         }
     }
 }
 
-async fn invoke(setup: EngineSetup, call: FunctionCall, mut out: OutputArgs) -> Result<ExitCode> {
+/// Runs a call for `kiln call` and `kiln run`. With `--json` the last line
+/// of stdout is a `result` event however the run ends: with its value, an
+/// error, or the cancellation.
+async fn invoke(setup: EngineSetup, call: FunctionCall, out: OutputArgs) -> Result<ExitCode> {
+    // Until kiln.star is loaded, `--json` among the function's flags can
+    // only be taken as kiln's own.
+    let json_asked = out.json || call.flags.iter().any(|f| f == "--json");
+    JSON_RESULT_OWED.store(json_asked, std::sync::atomic::Ordering::SeqCst);
+    match invoke_inner(setup, call, out, json_asked).await {
+        Ok(code) => Ok(code),
+        // Failed before the engine was open (kiln.lock, the store) or
+        // while writing the result: no secret can be in the message.
+        Err(error) => {
+            print_result(serde_json::json!({
+                "event": "result",
+                "ok": false,
+                "error": format!("{error:#}"),
+            }));
+            Err(error)
+        }
+    }
+}
+
+async fn invoke_inner(
+    setup: EngineSetup,
+    call: FunctionCall,
+    mut out: OutputArgs,
+    json_asked: bool,
+) -> Result<ExitCode> {
     let function_name = call.name.clone();
     let mut watch = Progress {
         progress: out.progress,
         json: out.json,
         renderer: None,
+        cancelled: Vec::new(),
     };
-    match call_function(&setup, call, &mut watch).await? {
+    let called = call_function(&setup, call, &mut watch).await?;
+    let json = match &called {
+        // Now known: `--json` may have been one of the function's own flags.
+        Called::Ran { own, .. } => out.json || own.json,
+        Called::Help(_) => false,
+        Called::NotStarted { .. } => json_asked,
+    };
+    JSON_RESULT_OWED.store(json, std::sync::atomic::Ordering::SeqCst);
+    match called {
         Called::Help(text) => {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Called::NotStarted { engine, .. } | Called::Ran { engine, .. } if engine.is_cancelled() => {
+            if json {
+                let signal = INTERRUPTED_BY.get().copied().unwrap_or("a signal");
+                print_result(serde_json::json!({
+                    "event": "result",
+                    "ok": false,
+                    "error": format!("cancelled: interrupted by {signal}"),
+                    "cancelled": watch.cancelled,
+                }));
+            }
             eprintln!("error: interrupted");
             Ok(ExitCode::from(INTERRUPTED as u8))
         }
-        Called::NotStarted { engine, error } => fail(&engine, &error, out.json),
+        Called::NotStarted { engine, error } => fail(&engine, &error, json),
         Called::Ran {
             engine,
             own,
             output,
         } => {
             out.output = own.output.or(out.output);
-            out.json |= own.json;
+            out.json = json;
             match output {
                 Ok(output) => {
                     let phase = std::time::Instant::now();
-                    print_output(&output, out.output.as_deref(), out.json, &function_name).await?;
+                    let printed =
+                        print_output(&output, out.output.as_deref(), out.json, &function_name)
+                            .await;
+                    if let Err(e) = printed {
+                        return fail(&engine, &e, out.json);
+                    }
                     tracing::debug!(ms = phase.elapsed().as_secs_f64() * 1e3, "wrote the result");
                     Ok(ExitCode::SUCCESS)
                 }
@@ -431,13 +506,18 @@ async fn invoke(setup: EngineSetup, call: FunctionCall, mut out: OutputArgs) -> 
     }
 }
 
+/// Prints the `result` event, the last line of `--json` output, if one is
+/// owed (once: a second interrupt may be printing it at the same moment).
+fn print_result(result: serde_json::Value) {
+    if JSON_RESULT_OWED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        println!("{result}");
+    }
+}
+
 fn fail(engine: &Engine, error: &anyhow::Error, json: bool) -> Result<ExitCode> {
     let message = engine.redact(&format!("{error:#}"));
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "result", "ok": false, "error": message})
-        );
+        print_result(serde_json::json!({"event": "result", "ok": false, "error": message}));
     }
     // Starlark's diagnostics already begin with "error:".
     let message = message.strip_prefix("error: ").unwrap_or(&message);
@@ -639,9 +719,8 @@ async fn print_output(
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "result", "ok": true, "value": to_json(output).await?})
+        print_result(
+            serde_json::json!({"event": "result", "ok": true, "value": to_json(output).await?}),
         );
         return Ok(());
     }

@@ -1,5 +1,7 @@
 //! Renders engine events: a live tree on a terminal, one line per event for
-//! CI logs, or JSON lines for machines.
+//! CI logs, or JSON lines for machines. Step output is read through
+//! [`kiln_engine::Lines`], so every mode shows it in whole lines however the
+//! step wrote it.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
+use kiln_engine::{Ending, Engine, Event, Lines, Outcome, StepId, Stream};
 use tokio::task::JoinHandle;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,29 +37,43 @@ impl ProgressMode {
 }
 
 pub struct Renderer {
-    task: JoinHandle<()>,
+    task: JoinHandle<Vec<CancelledStep>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A step the run's cancellation stopped, for the `result` event.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CancelledStep {
+    pub step: StepId,
+    pub name: String,
+}
+
 impl Renderer {
-    /// Stops after drawing the events already emitted.
-    pub async fn finish(self) {
+    /// Stops after drawing the events already emitted (output held for the
+    /// end of its line included); returns the steps cancelled, if the
+    /// engine was.
+    pub async fn finish(self) -> Vec<CancelledStep> {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        self.task.await.unwrap_or_default()
     }
 }
 
 pub fn spawn(engine: &Engine, mode: ProgressMode, title: &str) -> Renderer {
-    let mut events = engine.subscribe();
+    let mut events = Lines::new(engine.subscribe());
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let mut sink = Sink::new(mode.resolve(), title);
+    let mut steps = Steps::new(engine.clone());
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => sink.render(&event),
+                Some(event) = events.recv() => {
+                    steps.note(&event);
+                    sink.render(&event);
+                }
                 _ = &mut stopped => {
-                    while let Ok(event) = events.try_recv() {
+                    for event in events.drain() {
+                        steps.note(&event);
                         sink.render(&event);
                     }
                     sink.close();
@@ -65,8 +81,75 @@ pub fn spawn(engine: &Engine, mode: ProgressMode, title: &str) -> Renderer {
                 }
             }
         }
+        steps.cancelled()
     });
     Renderer { task, stop }
+}
+
+/// Which steps a cancellation stopped: those that ended as cancelled, and
+/// those still running at the end of a cancelled run.
+struct Steps {
+    engine: Engine,
+    running: std::collections::BTreeMap<StepId, String>,
+    cancelled: Vec<CancelledStep>,
+}
+
+impl Steps {
+    fn new(engine: Engine) -> Steps {
+        Steps {
+            engine,
+            running: Default::default(),
+            cancelled: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::Started { step, name, .. } => {
+                self.running.insert(*step, name.clone());
+            }
+            Event::Finished {
+                step,
+                name,
+                outcome,
+                ..
+            } => {
+                self.running.remove(step);
+                let stopped = match outcome {
+                    Outcome::Succeeded { .. } => false,
+                    Outcome::Failed {
+                        ending: Some(ending),
+                        ..
+                    } => matches!(ending, Ending::Cancelled),
+                    // Steps that run no process (a pull, a copy) say no
+                    // ending: one failing once the run is cancelled was
+                    // stopped by it.
+                    Outcome::Failed { ending: None, .. } => self.engine.is_cancelled(),
+                };
+                if stopped {
+                    self.cancelled.push(CancelledStep {
+                        step: *step,
+                        name: name.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn cancelled(mut self) -> Vec<CancelledStep> {
+        if !self.engine.is_cancelled() {
+            return Vec::new();
+        }
+        let still = std::mem::take(&mut self.running);
+        self.cancelled.extend(
+            still
+                .into_iter()
+                .map(|(step, name)| CancelledStep { step, name }),
+        );
+        self.cancelled.sort_by_key(|c| c.step);
+        self.cancelled
+    }
 }
 
 enum Sink {
@@ -117,8 +200,12 @@ fn plain(event: &Event) {
                 Stream::Stderr => " stderr",
             };
             let text = String::from_utf8_lossy(data);
+            // One line per event from `Lines`; split anyway, so no output
+            // line is ever printed without its step's prefix.
             let mut result = Ok(());
-            for line in text.lines() {
+            for line in text.split_inclusive('\n') {
+                let line = line.strip_suffix('\n').unwrap_or(line);
+                let line = line.strip_suffix('\r').unwrap_or(line);
                 result = writeln!(err, "#{}{tag} | {line}", step.0);
             }
             result

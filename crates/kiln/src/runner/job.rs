@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kiln_engine::{Engine, Event, Outcome, StepId, Stream};
+use kiln_engine::{Engine, Event, Lines, Outcome, StepId, Stream};
 use kiln_starlark::Output;
 use tokio::sync::watch;
 
@@ -373,8 +373,10 @@ impl JobWatch {
 impl Watch for JobWatch {
     fn opened(&mut self, engine: &Engine) {
         self.control.attach(engine);
-        // From the start: kiln.star may solve while it loads.
-        let mut events = engine.subscribe();
+        // From the start: kiln.star may solve while it loads. Output in
+        // pieces that end at line ends, so neither another step's output
+        // nor a step line lands in the middle of a line in the job's log.
+        let mut events = Lines::joined(engine.subscribe());
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let mut steps = StepLog::new(self.log.clone());
         let task = tokio::spawn(async move {
@@ -383,7 +385,7 @@ impl Watch for JobWatch {
                     biased;
                     Some(event) = events.recv() => steps.record(event),
                     _ = &mut stopped => {
-                        while let Ok(event) = events.try_recv() {
+                        for event in events.drain() {
                             steps.record(event);
                         }
                         break;
@@ -405,12 +407,9 @@ impl Watch for JobWatch {
 /// Turns engine events into log chunks and step records.
 struct StepLog {
     log: LogWriter,
-    /// Name and key of each step, from its Started or Cached event.
-    /// Each step's cache key, for its record when it ends.
+    /// Each step's cache key, from its Started or Cached event, for its
+    /// record when it ends.
     steps: HashMap<StepId, String>,
-    /// The incomplete UTF-8 sequence a chunk of output ended with, kept
-    /// for the next chunk of the same stream.
-    partial: HashMap<(StepId, &'static str), Vec<u8>>,
 }
 
 impl StepLog {
@@ -418,15 +417,13 @@ impl StepLog {
         StepLog {
             log,
             steps: HashMap::new(),
-            partial: HashMap::new(),
         }
     }
 
     fn record(&mut self, event: Event) {
-        // A step's end line follows the output it flushes below.
-        let line = crate::progress::step_line(&event);
-        if let (Some(line), false) = (&line, matches!(event, Event::Finished { .. })) {
-            self.log.system(line);
+        // `Lines` sends a step's last output before its end.
+        if let Some(line) = crate::progress::step_line(&event) {
+            self.log.system(&line);
         }
         match event {
             Event::Started { step, name, key } => {
@@ -451,12 +448,12 @@ impl StepLog {
                     duration_ms: None,
                 });
             }
-            Event::Output {
-                step, stream, data, ..
-            } => {
-                let stream = stream_name(stream);
-                let text = self.decode(step, stream, data);
-                self.log.output(stream, text);
+            Event::Output { stream, data, .. } => {
+                // `Lines` cuts only between characters, so a character
+                // split between two reads is whole here; only a stream
+                // ending inside one shows U+FFFD.
+                let text = String::from_utf8_lossy(&data).into_owned();
+                self.log.output(stream_name(stream), text);
             }
             Event::Finished {
                 step,
@@ -464,15 +461,6 @@ impl StepLog {
                 duration,
                 outcome,
             } => {
-                for stream in ["stdout", "stderr"] {
-                    if let Some(rest) = self.partial.remove(&(step, stream)) {
-                        self.log
-                            .output(stream, String::from_utf8_lossy(&rest).into_owned());
-                    }
-                }
-                if let Some(line) = &line {
-                    self.log.system(line);
-                }
                 let status = match outcome {
                     Outcome::Succeeded { .. } => "succeeded",
                     Outcome::Failed { .. } => "failed",
@@ -488,38 +476,6 @@ impl StepLog {
             }
         }
     }
-
-    /// Output as text: whole UTF-8 sequences only, the rest kept for the
-    /// next chunk, so a character split between two reads stays whole.
-    fn decode(&mut self, step: StepId, stream: &'static str, data: Vec<u8>) -> String {
-        let mut bytes = self.partial.remove(&(step, stream)).unwrap_or_default();
-        bytes.extend_from_slice(&data);
-        let rest = bytes.split_off(complete_utf8_len(&bytes));
-        if !rest.is_empty() {
-            self.partial.insert((step, stream), rest);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-/// How much of `bytes` is not an unfinished UTF-8 sequence at its end.
-/// Invalid bytes elsewhere count as complete (they are shown as U+FFFD).
-fn complete_utf8_len(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let at = bytes.len() - back;
-        let byte = bytes[at];
-        if byte & 0b1100_0000 == 0b1000_0000 {
-            continue; // a continuation byte: look further back
-        }
-        let needs = match byte {
-            0xF0..=0xF7 => 4,
-            0xE0..=0xEF => 3,
-            0xC0..=0xDF => 2,
-            _ => 1,
-        };
-        return if needs > back { at } else { bytes.len() };
-    }
-    bytes.len()
 }
 
 fn stream_name(stream: Stream) -> &'static str {
@@ -536,18 +492,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_character_split_between_chunks_stays_whole() {
-        let euro = "€".as_bytes(); // three bytes
-        assert_eq!(complete_utf8_len(b"ab"), 2);
-        assert_eq!(complete_utf8_len(&[b'a', euro[0]]), 1);
-        assert_eq!(complete_utf8_len(&[b'a', euro[0], euro[1]]), 1);
-        assert_eq!(complete_utf8_len(&[b'a', euro[0], euro[1], euro[2]]), 4);
-        assert_eq!(complete_utf8_len(&[b'a', 0xff]), 2);
-        assert_eq!(complete_utf8_len(&[0x80, 0x80, 0x80, 0x80]), 4);
-        assert_eq!(complete_utf8_len(&[]), 0);
-    }
 
     #[test]
     fn results_worth_a_line_are_summarised() {
