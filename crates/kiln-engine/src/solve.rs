@@ -680,7 +680,17 @@ impl Solver {
     ) -> Result<FsState> {
         // Keying took the snapshot; this is a lookup.
         let tree = self.inner.host_snapshot(path, filter)?;
-        let id = format!("h-{}", hex::encode(tree.digest));
+        // The key is content only, but the layer carries the host's mtimes
+        // (make and cargo compare them with outputs kept in cache volumes),
+        // so the layer is named by both: the same content with other times
+        // (a revert, a fresh checkout) gets its own layer instead of one
+        // holding the times of an earlier load. Read once per engine: this
+        // solve is memoized by key.
+        let times = {
+            let tree = tree.clone();
+            tokio::task::spawn_blocking(move || kiln_fs::read_host_times(&tree)).await??
+        };
+        let id = format!("h-{}-{}", hex::encode(tree.digest), times.digest_hex());
         if self.inner.store.has_layer(&id) {
             self.inner.store.touch_layer(&id);
         } else {
@@ -704,6 +714,7 @@ impl Solver {
                 let staged = inner.store.stage_dir()?;
                 kiln_fs::materialize_host_tree_linked(
                     &tree,
+                    &times,
                     staged.path(),
                     &inner.store.files_dir(),
                 )?;

@@ -395,18 +395,104 @@ fn hash_file_beneath(root_fd: &File, root: &Path, rel: &Path) -> Result<(EntryKi
     Ok((kind, Stamp::of(&meta)))
 }
 
-/// The file name of a content object: its hash, and `-x` when executable
-/// (the mode lives on the shared inode, so it is part of the identity).
-fn object_name(content: &[u8; 32], executable: bool) -> String {
+/// The times of a [`HostTree`]'s entries as the host has them, read by
+/// [`read_host_times`] and given to the layer by materializing.
+///
+/// Cache keys never see these (they are content only). They are what a step
+/// sees, so that a source edited after a cache volume's outputs were built
+/// looks newer than those outputs, as it does on the host to make or cargo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTimes {
+    /// The modification time of each entry, in the tree's entry order.
+    entries: Vec<FileTime>,
+    /// The root directory's own time; not in the digest, since the root of
+    /// a store layer carries the store's last-use time instead.
+    root: FileTime,
+    /// BLAKE3 over the entries' times: with the tree's digest, the identity
+    /// of a layer materialized with these times.
+    pub digest: [u8; 32],
+}
+
+impl HostTimes {
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+
+    /// The modification time of the tree's entry `index`.
+    pub fn entry(&self, index: usize) -> Option<FileTime> {
+        self.entries.get(index).copied()
+    }
+}
+
+const HOST_TIMES_MAGIC: &[u8] = b"kiln-fs/host-times/v1\0";
+
+/// Reads the modification time of every entry of `tree` (files, symlinks
+/// themselves, directories) from the host, as it is now.
+///
+/// An entry that is gone or is no longer of its kind yields
+/// [`Error::Changed`], as materializing would.
+pub fn read_host_times(tree: &HostTree) -> Result<HostTimes, Error> {
+    use rustix::fs::{AtFlags, FileType};
+    let root_fd = File::open(&tree.root).map_err(io_at(&tree.root))?;
+    let root = mtime_of_stat(&rustix::fs::fstat(&root_fd).map_err(io_at(&tree.root))?);
+    let entries = parallel_try(&tree.entries, |entry| {
+        let path = tree.root.join(&entry.path);
+        let st = rustix::fs::statat(&root_fd, &entry.path, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| changed_or_io(&path, e.into()))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        let same_kind = match entry.kind {
+            EntryKind::Dir => kind == FileType::Directory,
+            EntryKind::File { .. } => kind == FileType::RegularFile,
+            EntryKind::Symlink { .. } => kind == FileType::Symlink,
+        };
+        if !same_kind {
+            return Err(Error::Changed { path });
+        }
+        Ok(mtime_of_stat(&st))
+    })?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(HOST_TIMES_MAGIC);
+    hasher.update(&(entries.len() as u64).to_le_bytes());
+    for t in &entries {
+        hasher.update(&t.unix_seconds().to_le_bytes());
+        hasher.update(&t.nanoseconds().to_le_bytes());
+    }
+    Ok(HostTimes {
+        entries,
+        root,
+        digest: *hasher.finalize().as_bytes(),
+    })
+}
+
+fn mtime_of_stat(st: &rustix::fs::Stat) -> FileTime {
+    // The field types differ between architectures (rustix mirrors the
+    // kernel's struct); the kernel keeps nanoseconds below 1e9.
+    #[allow(clippy::unnecessary_cast)]
+    let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+    FileTime::from_unix_time(secs, nanos.min(999_999_999))
+}
+
+/// The file name of a content object: its hash, `-x` when executable, and
+/// its mtime. Mode and mtime live on the inode every link shares, so both
+/// are part of the identity: a file only shares an object with files of the
+/// same bytes, mode and time. A file left alone on the host keeps its time,
+/// so it still shares its object with every earlier version of the tree.
+fn object_name(content: &[u8; 32], executable: bool, mtime: FileTime) -> String {
     let mut name = hex::encode(content);
     if executable {
         name.push_str("-x");
     }
+    name.push_str(&format!(
+        "-t{}.{:09}",
+        mtime.unix_seconds(),
+        mtime.nanoseconds()
+    ));
     name
 }
 
-/// Copies one host file to `dst` with normalized metadata, failing with
-/// [`Error::Changed`] if its bytes or executable bit no longer match the tree.
+/// Copies one host file to `dst` with normalized owner and mode and the
+/// given mtime, failing with [`Error::Changed`] if its bytes or executable
+/// bit no longer match the tree.
 #[allow(clippy::too_many_arguments)]
 fn copy_normalized(
     root_fd: &File,
@@ -417,6 +503,7 @@ fn copy_normalized(
     executable: bool,
     size: u64,
     content: &[u8; 32],
+    mtime: FileTime,
     as_root: bool,
 ) -> Result<(), Error> {
     let mut from =
@@ -446,8 +533,9 @@ fn copy_normalized(
     let mode = if executable { 0o755 } else { 0o644 };
     to.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_at(dst))?;
-    filetime::set_file_handle_times(&to, Some(FileTime::zero()), Some(FileTime::zero()))
-        .map_err(io_at(dst))
+    // The access time follows the mtime: it means nothing in a layer, and
+    // the same tree and times then give identical layers.
+    filetime::set_file_handle_times(&to, Some(mtime), Some(mtime)).map_err(io_at(dst))
 }
 
 /// `path` relative to the walk's root, which is its first `root_len` bytes:
@@ -472,39 +560,52 @@ fn changed_or_io(path: &Path, e: io::Error) -> Error {
     }
 }
 
-/// Copy a hashed tree into `dest`.
+/// Copy a hashed tree into `dest`, with the host times `times` read for it.
 ///
 /// `dest` must be an empty directory or not exist yet (it is then created,
 /// with its missing parents). Files get mode 0644 or 0755 by the executable
 /// bit, directories (including `dest`) 0755, everything is owned by root when
-/// running as root, and all timestamps are the Unix epoch, so two copies of
-/// the same tree are byte-for-byte identical layers. Every file is re-hashed
+/// running as root, and every entry gets its time from `times` (access time
+/// = modification time; `dest` gets the root's), so two copies of the same
+/// tree with the same times are identical layers. Every file is re-hashed
 /// while copying; a file (or symlink) that differs from the tree yields
 /// [`Error::Changed`]. On error `dest` is left partially filled: the caller
 /// owns it and discards the layer being built.
-pub fn materialize_host_tree(tree: &HostTree, dest: &Path) -> Result<(), Error> {
-    materialize(tree, dest, None)
+pub fn materialize_host_tree(tree: &HostTree, times: &HostTimes, dest: &Path) -> Result<(), Error> {
+    materialize(tree, times, dest, None)
 }
 
 /// [`materialize_host_tree`] through a content-addressed file store: each
-/// file's bytes are copied into `objects` once (named by content hash and
-/// executable bit, already normalized: root-owned, 0644/0755, epoch mtime),
-/// and `dest` gets hardlinks to them. Materializing a tree that differs from
-/// an earlier one in one file copies that one file.
+/// distinct (bytes, executable bit, mtime) is copied into `objects` once
+/// (named by all three, already normalized: root-owned, 0644/0755), and
+/// `dest` gets hardlinks to them. Materializing a tree that differs from an
+/// earlier one in one file copies that one file, as long as the other files
+/// kept their times on the host.
 ///
 /// Objects are shared by every layer that holds the same content, so they
 /// must never be written through: layers are read-only lowers, and exports
 /// and mounted directories copy.
 pub fn materialize_host_tree_linked(
     tree: &HostTree,
+    times: &HostTimes,
     dest: &Path,
     objects: &Path,
 ) -> Result<(), Error> {
     fs::create_dir_all(objects).map_err(io_at(objects))?;
-    materialize(tree, dest, Some(objects))
+    materialize(tree, times, dest, Some(objects))
 }
 
-fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(), Error> {
+fn materialize(
+    tree: &HostTree,
+    times: &HostTimes,
+    dest: &Path,
+    objects: Option<&Path>,
+) -> Result<(), Error> {
+    if times.entries.len() != tree.entries.len() {
+        return Err(Error::Changed {
+            path: tree.root.clone(),
+        });
+    }
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {
             if !is_dir_empty(dest)? {
@@ -529,7 +630,7 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
     let mut dirs: HashSet<&Path> = HashSet::new();
     dirs.insert(Path::new(""));
     let mut created = Vec::new();
-    for entry in &tree.entries {
+    for (entry, &mtime) in tree.entries.iter().zip(&times.entries) {
         check_rel(&entry.path)?;
         let parent = entry.path.parent().unwrap_or(Path::new(""));
         if !dirs.contains(parent) {
@@ -541,18 +642,19 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
         if entry.kind == EntryKind::Dir {
             create_work_dir(&dest.join(&entry.path), false)?;
             dirs.insert(&entry.path);
-            created.push(entry.path.as_path());
+            created.push((entry.path.as_path(), mtime));
         }
     }
 
     let as_root = running_as_root();
     let root_fd = File::open(&tree.root).map_err(io_at(&tree.root))?;
-    let others: Vec<&TreeEntry> = tree
+    let others: Vec<(&TreeEntry, FileTime)> = tree
         .entries
         .iter()
-        .filter(|e| e.kind != EntryKind::Dir)
+        .zip(times.entries.iter().copied())
+        .filter(|(e, _)| e.kind != EntryKind::Dir)
         .collect();
-    parallel_try(&others, |entry| {
+    parallel_try(&others, |&(entry, mtime)| {
         let src = tree.root.join(&entry.path);
         let dst = dest.join(&entry.path);
         match &entry.kind {
@@ -563,7 +665,7 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
                 content,
             } => match objects {
                 Some(objects) => {
-                    let object = objects.join(object_name(content, *executable));
+                    let object = objects.join(object_name(content, *executable, mtime));
                     match fs::hard_link(&object, &dst) {
                         Ok(()) => return Ok(()),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -583,6 +685,7 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
                         *executable,
                         *size,
                         content,
+                        mtime,
                         as_root,
                     )?;
                     match fs::hard_link(&dst, &object) {
@@ -606,6 +709,7 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
                     *executable,
                     *size,
                     content,
+                    mtime,
                     as_root,
                 ),
             },
@@ -618,21 +722,20 @@ fn materialize(tree: &HostTree, dest: &Path, objects: Option<&Path>) -> Result<(
                 if as_root {
                     std::os::unix::fs::lchown(&dst, Some(0), Some(0)).map_err(io_at(&dst))?;
                 }
-                filetime::set_symlink_file_times(&dst, FileTime::zero(), FileTime::zero())
-                    .map_err(io_at(&dst))
+                filetime::set_symlink_file_times(&dst, mtime, mtime).map_err(io_at(&dst))
             }
         }
     })?;
 
     // Children before parents: writing a child bumps the parent's mtime.
-    created.sort_by(|a, b| path_key(b).cmp(&path_key(a)));
-    for rel in created.iter().copied().chain([Path::new("")]) {
+    created.sort_by(|a, b| path_key(b.0).cmp(&path_key(a.0)));
+    for (rel, mtime) in created.iter().copied().chain([(Path::new(""), times.root)]) {
         let dir = dest.join(rel);
         if as_root {
             std::os::unix::fs::lchown(&dir, Some(0), Some(0)).map_err(io_at(&dir))?;
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_at(&dir))?;
-        filetime::set_file_times(&dir, FileTime::zero(), FileTime::zero()).map_err(io_at(&dir))?;
+        filetime::set_file_times(&dir, mtime, mtime).map_err(io_at(&dir))?;
     }
     Ok(())
 }

@@ -65,7 +65,7 @@ pub use error::Error;
 pub use export::{export_dir, export_file};
 pub use host::{
     hash_host_dir, hash_host_dir_indexed, materialize_host_tree, materialize_host_tree_linked,
-    Filter, HostTree, KILNIGNORE,
+    read_host_times, Filter, HostTimes, HostTree, KILNIGNORE,
 };
 pub use index::MetadataIndex;
 pub use layer::{is_opaque, is_whiteout, set_opaque, write_whiteout, OPAQUE_XATTR};
