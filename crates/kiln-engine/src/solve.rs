@@ -332,6 +332,14 @@ impl Solver {
     /// One edit of a filesystem that yields one new layer: copying a
     /// directory or file in, writing a new file, removing a path. Cached
     /// under the operation's key like any step.
+    ///
+    /// Files copied from a host directory carry its mtimes, which the key
+    /// leaves out (see [`carries_host_times`]). An edit of or with such
+    /// files is reused only if it was built on the layers those inputs
+    /// solve to now, so the steps after it see the host's current times
+    /// rather than those of the run that first built it (a revert to an
+    /// earlier version, a fresh checkout). Those inputs are solved before
+    /// the cache is asked, and name the edit's layer.
     async fn edit(&self, key: Key, base: Base, place: Place, edit: Edit) -> Result<FsState> {
         let shown = match &place {
             Place::Absolute(p) | Place::Below(p) => p.clone(),
@@ -342,29 +350,67 @@ impl Solver {
             Edit::NewFile(..) => format!("write file {shown}"),
             Edit::Remove => format!("remove {shown}"),
         };
-        self.cached(key, &name.clone(), async {
-            let base = match base {
-                Base::Container(c) => self.container(c),
-                Base::Directory(d) => self.directory(d),
-            };
-            let source = match &edit {
-                Edit::CopyDirectory(d) => Some(self.directory(d.clone())),
-                Edit::CopyFile(f) => Some(self.file(f.clone())),
-                Edit::NewFile(..) | Edit::Remove => None,
-            };
-            let (base, source) = match source {
-                Some(source) => {
-                    let (b, s) = futures::try_join!(base, source)?;
-                    (b, Some(s))
+        let base_has_times = match &base {
+            Base::Container(c) => carries_host_times(Value::Container(c)),
+            Base::Directory(d) => carries_host_times(Value::Directory(d)),
+        };
+        let source_has_times = match &edit {
+            Edit::CopyDirectory(d) => carries_host_times(Value::Directory(d)),
+            Edit::CopyFile(f) => carries_host_times(Value::File(f)),
+            Edit::NewFile(..) | Edit::Remove => false,
+        };
+        let (early_base, early_source) = futures::try_join!(
+            async {
+                match base_has_times {
+                    true => self.solve_base(&base).await.map(Some),
+                    false => Ok(None),
                 }
-                None => (base.await?, None),
-            };
+            },
+            async {
+                match source_has_times {
+                    true => self.solve_source(&edit).await,
+                    false => Ok(None),
+                }
+            },
+        )?;
+        let id = if early_base.is_none() && early_source.is_none() {
+            format!("l-{}", key.to_hex())
+        } else {
+            let layers = |s: &Option<Arc<FsState>>| s.as_ref().map(|s| s.layers.clone());
+            let mut b = KeyBuilder::new("edit-layer");
+            b.key(&key);
+            for solved in [layers(&early_base), layers(&early_source)] {
+                b.bool(solved.is_some()).strs(&solved.unwrap_or_default());
+            }
+            format!("l-{}", b.finish().to_hex())
+        };
+        let expected = id.clone();
+        let built_here = move |state: &FsState| state.layers.last() == Some(&expected);
+        self.cached_if(key, &name.clone(), built_here, async {
+            let (base, source) = futures::try_join!(
+                async {
+                    match early_base {
+                        Some(solved) => Ok(solved),
+                        None => self.solve_base(&base).await,
+                    }
+                },
+                async {
+                    match early_source {
+                        Some(solved) => Ok(Some(solved)),
+                        None => self.solve_source(&edit).await,
+                    }
+                },
+            )?;
             let target = match place {
                 Place::Absolute(p) => p,
                 Place::Below(p) => join_under(&base.path, &p),
             };
-            self.build_layer(key, &name, &base, move |inner, staged, base_view| {
-                match (edit, source) {
+            self.build_layer(
+                key,
+                id,
+                &name,
+                &base,
+                move |inner, staged, base_view| match (edit, source) {
                     (Edit::CopyDirectory(_), Some(dir)) => {
                         let dest = prepare_target(base_view, staged, &target)?;
                         dir.view(inner).link_into(Path::new(&dir.path), &dest)?;
@@ -378,11 +424,27 @@ impl Solver {
                     }
                     (Edit::Remove, _) => remove_path(base_view, staged, &target),
                     _ => Err(Error::Internal("edit solved without its source".into())),
-                }
-            })
+                },
+            )
             .await
         })
         .await
+    }
+
+    fn solve_base(&self, base: &Base) -> BoxFuture<'static, Result<Arc<FsState>>> {
+        match base {
+            Base::Container(c) => self.container(c.clone()),
+            Base::Directory(d) => self.directory(d.clone()),
+        }
+    }
+
+    /// The value an edit copies in, if it copies one.
+    async fn solve_source(&self, edit: &Edit) -> Result<Option<Arc<FsState>>> {
+        match edit {
+            Edit::CopyDirectory(d) => self.directory(d.clone()).await.map(Some),
+            Edit::CopyFile(f) => self.file(f.clone()).await.map(Some),
+            Edit::NewFile(..) | Edit::Remove => Ok(None),
+        }
     }
 
     fn file(&self, f: File) -> BoxFuture<'static, Result<Arc<FsState>>> {
@@ -444,8 +506,18 @@ impl Solver {
     where
         F: std::future::Future<Output = Result<FsState>>,
     {
+        self.cached_if(key, name, |_| true, compute).await
+    }
+
+    /// [`Solver::cached`], taking a record only if `usable` accepts it; one
+    /// it refuses is replaced by the computed result.
+    async fn cached_if<F, U>(&self, key: Key, name: &str, usable: U, compute: F) -> Result<FsState>
+    where
+        F: std::future::Future<Output = Result<FsState>>,
+        U: FnOnce(&FsState) -> bool,
+    {
         self.inner.check_cancelled()?;
-        if let Some(state) = self.lookup(key).await? {
+        if let Some(state) = self.lookup(key).await?.filter(usable) {
             let step = self.inner.next_step();
             self.inner.emit(Event::Cached {
                 step,
@@ -542,10 +614,11 @@ impl Solver {
     }
 
     /// Builds one new layer on top of `base` in a staging directory, then
-    /// commits it under a name derived from the operation's key.
+    /// commits it as `id` (derived from the operation's key).
     async fn build_layer<B>(
         &self,
         key: Key,
+        id: String,
         name: &str,
         base: &FsState,
         build: B,
@@ -566,7 +639,6 @@ impl Solver {
             let staged = inner.store.stage_dir()?;
             let view = base_for_build.view(&inner);
             build(&inner, staged.path(), &view)?;
-            let id = format!("l-{}", key.to_hex());
             inner.store.commit_layer(staged, &id)?;
             Ok(id)
         })
@@ -1396,6 +1468,71 @@ impl Expected {
             Expected::File => "file",
         }
     }
+}
+
+/// A value of the graph, for walks over it.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Container(&'a Container),
+    Directory(&'a Directory),
+    File(&'a File),
+}
+
+/// Whether a value holds files copied from a host directory with no step
+/// in between. Those files carry the host's mtimes, which keys leave out,
+/// so edits of or with such values are checked against the layers their
+/// inputs solve to now (see [`Solver::edit`]). A step ends the walk: its
+/// result is cached by content, with the times its inputs had when it ran
+/// (README, "File times"). Past a bound the answer is yes, since checking
+/// costs some solving, never a wrong result; the bound also keeps shared
+/// subgraphs from being walked once per path to them.
+fn carries_host_times(start: Value<'_>) -> bool {
+    const BOUND: usize = 1024;
+    let mut todo = vec![start];
+    let mut walked = 0;
+    while let Some(value) = todo.pop() {
+        walked += 1;
+        if walked > BOUND {
+            return true;
+        }
+        match value {
+            Value::Container(c) => match &c.op {
+                ContainerOp::Exec { .. } | ContainerOp::From { .. } | ContainerOp::Scratch => {}
+                ContainerOp::WithDirectory { parent, dir, .. } => {
+                    todo.extend([Value::Directory(dir), Value::Container(parent)]);
+                }
+                ContainerOp::WithFile { parent, file, .. } => {
+                    todo.extend([Value::File(file), Value::Container(parent)]);
+                }
+                // Configuration, mounts included (a mounted directory is
+                // copied at run time from its current solve), and new
+                // files: the filesystem is the parent's plus nothing from
+                // the host.
+                other => todo.extend(other.parent().map(Value::Container)),
+            },
+            Value::Directory(d) => match &d.op {
+                DirectoryOp::Host { .. } => return true,
+                DirectoryOp::Empty => {}
+                DirectoryOp::FromContainer { container, .. } => {
+                    todo.push(Value::Container(container));
+                }
+                DirectoryOp::Subdirectory { parent, .. }
+                | DirectoryOp::WithNewFile { parent, .. }
+                | DirectoryOp::Without { parent, .. } => todo.push(Value::Directory(parent)),
+                DirectoryOp::WithDirectory { parent, dir, .. } => {
+                    todo.extend([Value::Directory(dir), Value::Directory(parent)]);
+                }
+                DirectoryOp::WithFile { parent, file, .. } => {
+                    todo.extend([Value::File(file), Value::Directory(parent)]);
+                }
+            },
+            Value::File(f) => match &f.op {
+                FileOp::FromContainer { container, .. } => todo.push(Value::Container(container)),
+                FileOp::FromDirectory { dir, .. } => todo.push(Value::Directory(dir)),
+            },
+        }
+    }
+    false
 }
 
 /// What an edit starts from.
