@@ -18,10 +18,12 @@
 //! that size themselves from their cgroup's limit (JVMs, Node) see about the
 //! right figure while the parent is the one that runs out.
 //!
-//! Placement follows runc's own: on v1, a relative `cgroupsPath` lands
-//! below kiln's own cgroup in each hierarchy (which keeps steps inside
-//! whatever limits kiln itself runs under); on v2, under `/kiln` at the root
-//! of the unified hierarchy, as Docker's cgroupfs driver does.
+//! Placement: on v1, below kiln's own memory cgroup, which keeps steps
+//! inside whatever memory limit kiln itself runs under. The path is given
+//! absolute, because runc and crun read a relative one differently (below
+//! the runtime's own cgroup, or below the root); the other hierarchies get
+//! the same path. On v2, under `/kiln` at the root of the unified
+//! hierarchy, as Docker's cgroupfs driver does.
 
 use std::fs;
 use std::io;
@@ -36,9 +38,10 @@ const V2_PARENT: &str = "kiln";
 /// parent's limit is always the one reached first.
 pub(crate) const LEAF_HEADROOM: u64 = 1 << 20;
 
-/// The name of a step's parent cgroup.
+/// The name of a step's parent cgroup: container ids are unique among
+/// live runs already.
 pub(crate) fn parent_name(container_id: &str) -> String {
-    format!("kiln-{container_id}")
+    container_id.to_string()
 }
 
 /// Which cgroup hierarchy layout the host has.
@@ -110,7 +113,11 @@ impl Layout {
     /// The `linux.cgroupsPath` that puts the container below the step's parent.
     pub(crate) fn runtime_path(&self, container_id: &str) -> String {
         match self {
-            Layout::V1 { .. } => format!("{}/step", parent_name(container_id)),
+            Layout::V1 { memory, .. } => format!(
+                "{}/{}/step",
+                memory.1.trim_end_matches('/'),
+                parent_name(container_id)
+            ),
             Layout::V2 { .. } => format!("/{V2_PARENT}/{}/step", parent_name(container_id)),
         }
     }
@@ -123,10 +130,13 @@ impl Layout {
                 let parent = root.join(V2_PARENT).join(&name);
                 vec![parent.join("step"), parent]
             }
-            Layout::V1 { hierarchies, .. } => {
+            Layout::V1 {
+                hierarchies,
+                memory,
+            } => {
                 let mut dirs = Vec::new();
-                for (mount, own) in hierarchies {
-                    let parent = join_cgroup(mount, own).join(&name);
+                for (mount, _) in hierarchies {
+                    let parent = join_cgroup(mount, &memory.1).join(&name);
                     dirs.push(parent.join("step"));
                     dirs.push(parent);
                 }
@@ -387,15 +397,15 @@ mod tests {
         // pids, memory, cpu,cpuacct, name=systemd and the unified one.
         assert_eq!(hierarchies.len(), 5, "{hierarchies:?}");
         assert!(hierarchies.contains(&(PathBuf::from("/sys/fs/cgroup/unified"), "/".into())));
-        assert_eq!(layout.runtime_path("c1"), "kiln-c1/step");
+        assert_eq!(layout.runtime_path("c1"), "/sandbox/a1/c1/step");
         let dirs = layout.step_dirs("c1");
-        assert!(dirs.contains(&PathBuf::from(
-            "/sys/fs/cgroup/memory/sandbox/a1/kiln-c1/step"
-        )));
-        assert!(dirs.contains(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/kiln-c1")));
+        assert!(dirs.contains(&PathBuf::from("/sys/fs/cgroup/memory/sandbox/a1/c1/step")));
+        assert!(dirs.contains(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/sandbox/a1/c1")));
         // Children come before their parents, so rmdir can succeed.
-        let leaf = dirs.iter().position(|d| d.ends_with("pids/kiln-c1/step"));
-        let parent = dirs.iter().position(|d| d.ends_with("pids/kiln-c1"));
+        let leaf = dirs
+            .iter()
+            .position(|d| d.ends_with("pids/sandbox/a1/c1/step"));
+        let parent = dirs.iter().position(|d| d.ends_with("pids/sandbox/a1/c1"));
         assert!(leaf < parent);
     }
 
@@ -410,12 +420,12 @@ mod tests {
         let layout = Layout::V2 {
             root: PathBuf::from("/sys/fs/cgroup"),
         };
-        assert_eq!(layout.runtime_path("c1"), "/kiln/kiln-c1/step");
+        assert_eq!(layout.runtime_path("c1"), "/kiln/c1/step");
         assert_eq!(
             layout.step_dirs("c1"),
             [
-                PathBuf::from("/sys/fs/cgroup/kiln/kiln-c1/step"),
-                PathBuf::from("/sys/fs/cgroup/kiln/kiln-c1")
+                PathBuf::from("/sys/fs/cgroup/kiln/c1/step"),
+                PathBuf::from("/sys/fs/cgroup/kiln/c1")
             ]
         );
         assert_eq!(

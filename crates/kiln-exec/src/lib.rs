@@ -352,6 +352,18 @@ pub type Backpressure = Option<std::pin::Pin<Box<dyn std::future::Future<Output 
 /// the exit code a shell would: 127 for a command that is not there, 126
 /// for one that is there but cannot run.
 fn exec_failure(runtime_error: &str) -> Option<i32> {
+    // crun words it its own way: "executable file `x` not found in $PATH:
+    // ..." and "open executable: Permission denied".
+    if runtime_error.starts_with("executable file `") && runtime_error.contains("not found") {
+        return Some(127);
+    }
+    if let Some(reason) = runtime_error.strip_prefix("open executable: ") {
+        return matches!(
+            reason.trim(),
+            "Permission denied" | "Operation not permitted"
+        )
+        .then_some(126);
+    }
     let at = runtime_error.find("exec: \"")?;
     let reason = runtime_error[at..].trim_end();
     let code = if reason.ends_with("executable file not found in $PATH")

@@ -156,7 +156,7 @@ async fn the_hostname_resolves_inside_the_step() {
 
 /// kiln's parent cgroups of a step are gone once its run returned.
 fn assert_no_step_cgroups(container_id: &str) {
-    let name = format!("kiln-{container_id}");
+    let name = container_id.to_string();
     let mut left = Vec::new();
     for entry in walkdir("/sys/fs/cgroup", 4) {
         if entry.file_name().is_some_and(|n| n == name.as_str()) {

@@ -56,6 +56,10 @@ pub struct CallArgs {
     pub lock: LockedArg,
     #[command(flatten)]
     pub limits: crate::cli::LimitArgs,
+    /// Time the whole run may take (e.g. 30m, 1h30m): past it the running
+    /// steps are killed and kiln exits with 124, saying it timed out.
+    #[arg(long, env = "KILN_TIMEOUT", value_name = "DURATION", value_parser = kiln_engine::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Print help (of the function, when NAME is given).
     #[arg(short = 'h', long = "help")]
     pub help: bool,
@@ -80,6 +84,10 @@ pub struct RunArgs {
     pub lock: LockedArg,
     #[command(flatten)]
     pub limits: crate::cli::LimitArgs,
+    /// Time the whole run may take (e.g. 30m, 1h30m): past it the running
+    /// steps are killed and kiln exits with 124, saying it timed out.
+    #[arg(long, env = "KILN_TIMEOUT", value_name = "DURATION", value_parser = kiln_engine::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Further flags for `ci`, e.g. --token env:TOKEN
     #[arg(
         trailing_var_arg = true,
@@ -158,13 +166,20 @@ pub async fn call(setup: EngineSetup, mut args: CallArgs) -> Result<ExitCode> {
         flags: args.flags,
         source: None,
     };
-    invoke(setup.with_limits(args.limits.limits()), call, args.out).await
+    invoke(
+        setup.with_limits(args.limits.limits()),
+        call,
+        args.out,
+        args.timeout,
+    )
+    .await
 }
 
 pub async fn run(setup: EngineSetup, args: RunArgs) -> Result<ExitCode> {
     let root = module_root(&args.module)?;
     let setup = setup.with_limits(args.limits.limits());
-    invoke(setup, ci_call(root, args.lock.locked, args.flags), args.out).await
+    let call = ci_call(root, args.lock.locked, args.flags);
+    invoke(setup, call, args.out, args.timeout).await
 }
 
 /// One call of a kiln.star function, as `kiln call` and `kiln run` make it
@@ -339,7 +354,43 @@ struct Progress {
     renderer: Option<progress::Renderer>,
     /// The steps a cancellation stopped, once the renderer has finished.
     cancelled: Vec<progress::CancelledStep>,
+    /// `--timeout`: the run is cancelled when it is over.
+    run_timeout: Option<std::time::Duration>,
 }
+
+/// Cancels the run once `timeout` has passed, as an interrupt would, and
+/// records that it was the timeout.
+fn cancel_after(engine: &Engine, timeout: std::time::Duration) {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if engine.is_cancelled() {
+            return;
+        }
+        let _ = TIMED_OUT_AFTER.set(timeout);
+        eprintln!(
+            "kiln: timed out after {}: stopping the running steps",
+            seconds(timeout)
+        );
+        let _ = tokio::task::spawn_blocking(move || engine.cancel()).await;
+    });
+}
+
+/// `90 s`, `0.5 s`: a duration as messages give it.
+fn seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// The exit status of a run stopped by `--timeout`, as `timeout(1)` has it.
+pub(crate) const TIMED_OUT: u8 = 124;
+
+/// Set when `--timeout` cancelled the run.
+static TIMED_OUT_AFTER: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
 
 /// Ctrl-C (or SIGTERM) cancels the run instead of killing the process: the
 /// engine kills the running steps' containers and starts nothing more, so
@@ -398,6 +449,9 @@ static JSON_RESULT_OWED: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 impl Watch for Progress {
     fn opened(&mut self, engine: &Engine) {
         cancel_on_interrupt(engine);
+        if let Some(timeout) = self.run_timeout {
+            cancel_after(engine, timeout);
+        }
     }
 
     fn calling(&mut self, engine: &Engine, name: &str, own: &OwnOptions) {
@@ -421,12 +475,17 @@ impl Watch for Progress {
 /// Runs a call for `kiln call` and `kiln run`. With `--json` the last line
 /// of stdout is a `result` event however the run ends: with its value, an
 /// error, or the cancellation.
-async fn invoke(setup: EngineSetup, call: FunctionCall, out: OutputArgs) -> Result<ExitCode> {
+async fn invoke(
+    setup: EngineSetup,
+    call: FunctionCall,
+    out: OutputArgs,
+    run_timeout: Option<std::time::Duration>,
+) -> Result<ExitCode> {
     // Until kiln.star is loaded, `--json` among the function's flags can
     // only be taken as kiln's own.
     let json_asked = out.json || call.flags.iter().any(|f| f == "--json");
     JSON_RESULT_OWED.store(json_asked, std::sync::atomic::Ordering::SeqCst);
-    match invoke_inner(setup, call, out, json_asked).await {
+    match invoke_inner(setup, call, out, json_asked, run_timeout).await {
         Ok(code) => Ok(code),
         // Failed before the engine was open (kiln.lock, the store) or
         // while writing the result: no secret can be in the message.
@@ -446,6 +505,7 @@ async fn invoke_inner(
     call: FunctionCall,
     mut out: OutputArgs,
     json_asked: bool,
+    run_timeout: Option<std::time::Duration>,
 ) -> Result<ExitCode> {
     let function_name = call.name.clone();
     let mut watch = Progress {
@@ -453,6 +513,7 @@ async fn invoke_inner(
         json: out.json,
         renderer: None,
         cancelled: Vec::new(),
+        run_timeout,
     };
     let called = call_function(&setup, call, &mut watch).await?;
     let json = match &called {
@@ -468,6 +529,20 @@ async fn invoke_inner(
             Ok(ExitCode::SUCCESS)
         }
         Called::NotStarted { engine, .. } | Called::Ran { engine, .. } if engine.is_cancelled() => {
+            if let Some(timeout) = TIMED_OUT_AFTER.get() {
+                let message = format!("timed out after {} (--timeout)", seconds(*timeout));
+                if json {
+                    print_result(serde_json::json!({
+                        "event": "result",
+                        "ok": false,
+                        "error": message,
+                        "timeout_s": timeout.as_secs_f64(),
+                        "cancelled": watch.cancelled,
+                    }));
+                }
+                eprintln!("error: {message}");
+                return Ok(ExitCode::from(TIMED_OUT));
+            }
             if json {
                 let signal = INTERRUPTED_BY.get().copied().unwrap_or("a signal");
                 print_result(serde_json::json!({

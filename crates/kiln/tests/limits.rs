@@ -24,10 +24,10 @@ def hog() -> str:
         .with_exec(["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"], memory = "32m")
         .stdout())
 
-def slow(timeout: str = "1s") -> str:
+def slow(limit: str = "1s") -> str:
     """Sleeps past its timeout."""
     return (container("busybox:test")
-        .with_exec(["sh", "-c", "echo sleeping; sleep 60"], timeout = timeout)
+        .with_exec(["sh", "-c", "echo sleeping; sleep 60"], timeout = limit)
         .stdout())
 
 def counted() -> str:
@@ -143,11 +143,45 @@ fn a_step_past_its_timeout_is_killed_and_says_so() {
         "{failed}"
     );
 
-    let out = env.kiln(&["call", "-m", m, "slow", "--timeout", "soon"]);
+    let out = env.kiln(&["call", "-m", m, "slow", "--limit", "soon"]);
     assert!(
         text(&out).1.contains("duration \"soon\""),
         "{:?}",
         text(&out)
+    );
+
+    // kiln's own --timeout bounds the whole run, whatever the steps allow.
+    let start = Instant::now();
+    let out = env.kiln(&[
+        "call",
+        "--timeout",
+        "1s",
+        "--json",
+        "-m",
+        m,
+        "slow",
+        "--limit",
+        "60s",
+    ]);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(124), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("timed out after 1 s (--timeout)"),
+        "{:?}",
+        text(&out)
+    );
+    let events = json_lines(&out);
+    let result = events.last().unwrap();
+    assert_eq!(result["event"], "result", "{result}");
+    assert_eq!(result["timeout_s"], 1.0, "{result}");
+    assert_eq!(
+        result["cancelled"].as_array().map(Vec::len),
+        Some(1),
+        "{result}"
     );
 
     // --step-timeout is the default for steps that set none.
