@@ -2,7 +2,8 @@
 # Installs what kiln needs from Debian when it is missing: runc (the OCI
 # runtime), busybox-static (the base of the test and example images), and
 # for the registry tests docker-registry (CNCF distribution), skopeo and
-# apache2-utils (htpasswd), and git for the CI service's runners.
+# apache2-utils (htpasswd), git for the CI service's runners, and
+# debootstrap for the Debian test images.
 set -euo pipefail
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
@@ -12,6 +13,9 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 # The CI service's runners check commits out with git.
 command -v git >/dev/null 2>&1 || missing+=(git)
+# scripts/debian-image.sh builds the Debian images of the tests that need
+# real toolchains (make, gcc, cargo, python3) from Debian's packages.
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   if [ "$(id -u)" -ne 0 ]; then
