@@ -1625,6 +1625,23 @@ fn link_file(
     if std::fs::hard_link(&source.host_path, &dest).is_err() {
         std::fs::copy(&source.host_path, &dest)
             .map_err(|e| Error::Invalid(format!("copy {} to {target}: {e}", file.path)))?;
+        // A copy gets the time of now; the file must keep its own, as a
+        // link does (make compares it with outputs on cache volumes).
+        let modified = source
+            .metadata
+            .modified()
+            .map_err(|e| Error::Invalid(format!("read the time of {}: {e}", file.path)))?;
+        std::fs::File::options()
+            .write(true)
+            .open(&dest)
+            .and_then(|f| {
+                f.set_times(
+                    std::fs::FileTimes::new()
+                        .set_modified(modified)
+                        .set_accessed(modified),
+                )
+            })
+            .map_err(|e| Error::Invalid(format!("set the time of {target}: {e}")))?;
     }
     Ok(())
 }
