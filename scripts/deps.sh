@@ -16,6 +16,9 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 # scripts/debian-image.sh builds the Debian images of the tests that need
 # real toolchains (make, gcc, cargo, python3) from Debian's packages.
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# Services share a private network namespace per run; slirp4netns gives it
+# outbound network (pip install, apt-get) without touching the host's.
+command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   if [ "$(id -u)" -ne 0 ]; then

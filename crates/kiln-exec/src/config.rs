@@ -36,28 +36,56 @@ pub fn valid_hostname(name: &str) -> bool {
         })
 }
 
-/// The step's own `/etc/hosts` and `/etc/hostname` in the bundle.
+/// The step's own `/etc/hosts` and `/etc/hostname` in the bundle, and its
+/// `/etc/resolv.conf` on a joined network with nameservers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NameFiles {
     pub hosts: PathBuf,
     pub hostname: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Writes the step's `/etc/hosts` (the host's, on the host network, else
 /// Docker's loopback entries; either way with the hostname added, so it
-/// resolves as it does in a Docker container) and `/etc/hostname`.
+/// resolves as it does in a Docker container, and on a joined network with
+/// the names of its services), `/etc/hostname`, and on a joined network
+/// with nameservers `/etc/resolv.conf`.
 pub(crate) fn write_name_files(
     hosts: &Path,
     hostname_file: &Path,
-    network: Network,
+    resolv_conf: &Path,
+    network: &Network,
     hostname: &str,
 ) -> std::io::Result<NameFiles> {
     let mut text = match network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        Network::None => String::new(),
+        Network::None | Network::Joined(_) => String::new(),
     };
     if text.is_empty() {
         text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+    let mut resolv = None;
+    if let Network::Joined(joined) = network {
+        for (address, names) in &joined.hosts {
+            text.push_str(&format!("{address}\t{}\n", names.join(" ")));
+        }
+        if !joined.nameservers.is_empty() {
+            let mut conf = String::new();
+            for server in &joined.nameservers {
+                conf.push_str(&format!("nameserver {server}\n"));
+            }
+            // The host's search domains still apply behind slirp's resolver.
+            if let Ok(host) = std::fs::read_to_string(HOST_RESOLV_CONF) {
+                for line in host.lines() {
+                    if line.starts_with("search ") || line.starts_with("domain ") {
+                        conf.push_str(line);
+                        conf.push('\n');
+                    }
+                }
+            }
+            write_new(resolv_conf, conf.as_bytes())?;
+            resolv = Some(resolv_conf.to_path_buf());
+        }
     }
     let named = text.lines().any(|line| {
         let line = line.split('#').next().unwrap_or("");
@@ -74,6 +102,7 @@ pub(crate) fn write_name_files(
     Ok(NameFiles {
         hosts: hosts.to_path_buf(),
         hostname: hostname_file.to_path_buf(),
+        resolv_conf: resolv,
     })
 }
 
@@ -128,7 +157,7 @@ impl MountEntry {
 /// filesystems, then the name files (and the host's resolver on the host
 /// network), then the step's bind mounts. A step mount whose target equals
 /// one of those files replaces it.
-pub(crate) fn mounts(network: Network, names: &NameFiles, binds: &[BindMount]) -> Vec<MountEntry> {
+pub(crate) fn mounts(network: &Network, names: &NameFiles, binds: &[BindMount]) -> Vec<MountEntry> {
     let mut out = vec![
         MountEntry::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         MountEntry::new(
@@ -182,8 +211,11 @@ pub(crate) fn mounts(network: Network, names: &NameFiles, binds: &[BindMount]) -
         (names.hosts.clone(), "/etc/hosts"),
         (names.hostname.clone(), "/etc/hostname"),
     ];
-    if network == Network::Host && Path::new(HOST_RESOLV_CONF).exists() {
+    if *network == Network::Host && Path::new(HOST_RESOLV_CONF).exists() {
         files.push((PathBuf::from(HOST_RESOLV_CONF), HOST_RESOLV_CONF));
+    }
+    if let Some(resolv) = &names.resolv_conf {
+        files.push((resolv.clone(), HOST_RESOLV_CONF));
     }
     for (source, target) in files {
         if !binds.iter().any(|b| same_target(&b.target, target)) {
@@ -266,7 +298,7 @@ pub(crate) struct ConfigInput<'a> {
     pub env: &'a [String],
     pub cwd: &'a str,
     pub user: &'a ResolvedUser,
-    pub network: Network,
+    pub network: &'a Network,
     pub mounts: &'a [MountEntry],
     pub hostname: &'a str,
     pub limits: crate::StepLimits,
@@ -368,14 +400,22 @@ pub(crate) fn build(input: &ConfigInput<'_>) -> Result<Spec, oci_spec::OciSpecEr
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if input.network == Network::None {
+    if *input.network == Network::None {
         // The runtime brings up `lo` in a fresh network namespace.
         namespaces.push(LinuxNamespaceType::Network);
     }
-    let namespaces = namespaces
+    let mut namespaces = namespaces
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
         .collect::<Result<Vec<_>, _>>()?;
+    if let Network::Joined(joined) = input.network {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(joined.netns.clone())
+                .build()?,
+        );
+    }
 
     // Deny every device, then the runtime adds its standard allow list
     // (null, zero, full, tty, random, urandom, pts). Without a rule at all,
@@ -469,6 +509,7 @@ mod tests {
         NameFiles {
             hosts: PathBuf::from("/bundle/hosts"),
             hostname: PathBuf::from("/bundle/hostname"),
+            resolv_conf: None,
         }
     }
 
@@ -479,11 +520,11 @@ mod tests {
             target: "/etc/hosts".into(),
             readonly: false,
         }];
-        let m = mounts(Network::Host, &name_files(), &binds);
+        let m = mounts(&Network::Host, &name_files(), &binds);
         let hosts: Vec<_> = m.iter().filter(|m| m.destination == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].source, PathBuf::from("/tmp"));
-        let none = mounts(Network::None, &name_files(), &[]);
+        let none = mounts(&Network::None, &name_files(), &[]);
         let bound: Vec<&str> = none
             .iter()
             .filter(|m| m.typ == "bind")
@@ -498,7 +539,8 @@ mod tests {
         let files = write_name_files(
             &dir.path().join("hosts"),
             &dir.path().join("hostname"),
-            Network::None,
+            &dir.path().join("resolv.conf"),
+            &Network::None,
             "builder",
         )
         .unwrap();
@@ -514,12 +556,43 @@ mod tests {
         let files = write_name_files(
             &again.join("hosts"),
             &again.join("hostname"),
-            Network::None,
+            &again.join("resolv.conf"),
+            &Network::None,
             "localhost",
         )
         .unwrap();
         let hosts = std::fs::read_to_string(files.hosts).unwrap();
         assert!(!hosts.contains("127.0.1.1"), "{hosts}");
+    }
+
+    #[test]
+    fn joined_network_names_its_services_and_resolver() {
+        let dir = tempfile::tempdir().unwrap();
+        let network = Network::Joined(crate::JoinedNetwork {
+            netns: PathBuf::from("/run/kiln/netns/1-1"),
+            hosts: vec![("127.0.0.1".into(), vec!["db".into(), "svc-abc".into()])],
+            nameservers: vec!["10.0.2.3".into()],
+        });
+        let files = write_name_files(
+            &dir.path().join("hosts"),
+            &dir.path().join("hostname"),
+            &dir.path().join("resolv.conf"),
+            &network,
+            "kiln",
+        )
+        .unwrap();
+        let hosts = std::fs::read_to_string(&files.hosts).unwrap();
+        assert!(hosts.contains("127.0.0.1\tdb svc-abc\n"), "{hosts}");
+        assert!(hosts.ends_with("127.0.1.1\tkiln\n"), "{hosts}");
+        let resolv = std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap();
+        assert!(resolv.starts_with("nameserver 10.0.2.3\n"), "{resolv}");
+        let m = mounts(&network, &files, &[]);
+        let bound: Vec<&str> = m
+            .iter()
+            .filter(|m| m.typ == "bind")
+            .map(|m| m.destination.as_str())
+            .collect();
+        assert_eq!(bound, ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]);
     }
 
     #[test]
@@ -540,13 +613,13 @@ mod tests {
             additional_gids: vec![5],
             home: None,
         };
-        let m = mounts(Network::None, &name_files(), &[]);
+        let m = mounts(&Network::None, &name_files(), &[]);
         let spec = build(&ConfigInput {
             args: &["true".into()],
             env: &["PATH=/bin".into()],
             cwd: "/",
             user: &user,
-            network: Network::None,
+            network: &Network::None,
             mounts: &m,
             hostname: "step",
             limits: crate::StepLimits {

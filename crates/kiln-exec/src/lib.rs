@@ -60,6 +60,7 @@
 
 mod cgroup;
 mod config;
+mod netns;
 mod overlay;
 mod rootpath;
 mod runc;
@@ -79,6 +80,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 pub use config::{valid_hostname, DEFAULT_HOSTNAME, DEFAULT_PATH};
+pub use netns::{cleanup_stale_namespaces, NetError, NetNamespace, Outbound, SLIRP_NAMESERVER};
 
 use crate::config::{ConfigInput, MountEntry};
 use crate::stubs::StubPlan;
@@ -94,7 +96,9 @@ const RUNTIME_LOG: &str = "runtime.log";
 /// The step's `/etc/hosts` and `/etc/hostname`, bound read-only.
 const HOSTS: &str = "hosts";
 const HOSTNAME: &str = "hostname";
-const BUNDLE_ENTRIES: [&str; 8] = [
+/// The step's `/etc/resolv.conf` on a joined network, bound read-only.
+const RESOLV_CONF: &str = "resolv.conf";
+const BUNDLE_ENTRIES: [&str; 9] = [
     LOCK,
     CONFIG,
     ROOTFS,
@@ -103,6 +107,7 @@ const BUNDLE_ENTRIES: [&str; 8] = [
     RUNTIME_LOG,
     HOSTS,
     HOSTNAME,
+    RESOLV_CONF,
 ];
 
 /// How long a killed runtime process gets to exit during teardown.
@@ -206,13 +211,27 @@ pub enum Error {
 }
 
 /// Which network the process sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Network {
     /// The host's network namespace; the host's `/etc/resolv.conf` and
     /// `/etc/hosts` are bound read-only when present.
     Host,
     /// A private network namespace with only loopback.
     None,
+    /// A namespace made with [`NetNamespace`], shared with other containers.
+    Joined(JoinedNetwork),
+}
+
+/// How a container joins a shared network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JoinedNetwork {
+    /// The namespace's bind mount ([`NetNamespace::path`]).
+    pub netns: PathBuf,
+    /// Extra `/etc/hosts` lines: an address and the names it answers to.
+    pub hosts: Vec<(String, Vec<String>)>,
+    /// The step's `/etc/resolv.conf` names these; none means no
+    /// resolv.conf is bound (the image's own stays).
+    pub nameservers: Vec<String>,
 }
 
 /// A host path bound into the container (`rbind`, `rprivate`).
@@ -703,11 +722,12 @@ impl Runtime {
         let name_files = config::write_name_files(
             &bundle.join(HOSTS),
             &bundle.join(HOSTNAME),
-            spec.network,
+            &bundle.join(RESOLV_CONF),
+            &spec.network,
             hostname,
         )
         .map_err(|e| guard.io("writing /etc/hosts and /etc/hostname in", &bundle, e))?;
-        let mounts = config::mounts(spec.network, &name_files, &spec.mounts);
+        let mounts = config::mounts(&spec.network, &name_files, &spec.mounts);
         let mut targets: Vec<String> = mounts.iter().map(|m| m.destination.clone()).collect();
         targets.push(spec.cwd.clone());
         guard.stubs = Some(
@@ -1076,6 +1096,7 @@ impl RunGuard {
             RUNTIME_LOG,
             HOSTS,
             HOSTNAME,
+            RESOLV_CONF,
             ROOTFS,
             SCRATCH,
             LINKS,
@@ -1358,7 +1379,7 @@ fn write_config(
         env,
         cwd: &spec.cwd,
         user,
-        network: spec.network,
+        network: &spec.network,
         mounts,
         hostname,
         limits: spec.limits,
