@@ -28,6 +28,46 @@ use crate::error::{Error, Result};
 use crate::events::Stream;
 use crate::solve::{read_output, solve, FsState, Target};
 
+impl Service {
+    pub fn node(&self) -> &g::Service {
+        &self.node
+    }
+
+    /// The name every step bound to this service resolves it by, besides
+    /// its alias: `svc-` and the start of its key.
+    pub async fn hostname(&self) -> Result<String> {
+        let engine = self.engine.clone()?;
+        let (_, key) = crate::services::key_of(engine.inner.clone(), self.node.clone()).await?;
+        Ok(crate::services::service_hostname(&key))
+    }
+
+    /// `HOST:PORT` of the service as a bound step reaches it; `port`
+    /// defaults to its first one.
+    pub async fn endpoint(&self, port: Option<u16>) -> Result<String> {
+        let port = match port.or_else(|| self.node.ports.first().copied()) {
+            Some(port) => port,
+            None => {
+                let engine = self.engine.clone()?;
+                let node = self.node.container.clone();
+                let cfg = blocking(move || crate::config::config_of(&engine.inner, &node)).await?;
+                cfg.exposed_ports.first().copied().ok_or_else(|| {
+                    Error::Invalid(
+                        "endpoint(): the service has no ports; pass one, or give it ports".into(),
+                    )
+                })?
+            }
+        };
+        Ok(format!("{}:{port}", self.hostname().await?))
+    }
+
+    /// Starts the service now (if it is not running) and waits until it is
+    /// ready; returns its hostname.
+    pub async fn start(&self) -> Result<String> {
+        let engine = self.engine.clone()?;
+        crate::services::start(engine.inner.clone(), self.node.clone()).await
+    }
+}
+
 /// Options for [`Container::with_exec_opts`].
 #[derive(Clone, Debug, Default)]
 pub struct ExecOptions {
@@ -56,6 +96,28 @@ pub struct Directory {
 pub struct File {
     engine: Result<Engine>,
     node: g::File,
+}
+
+/// A long-running container (a database, a web server) that steps bind with
+/// [`Container::with_service_binding`]. It starts when the first step that
+/// binds it runs and serves every step of the run bound to it.
+#[derive(Clone)]
+pub struct Service {
+    engine: Result<Engine>,
+    node: g::Service,
+}
+
+/// Options for [`Container::as_service_opts`].
+#[derive(Clone, Debug, Default)]
+pub struct ServiceOptions {
+    /// The command; empty runs the container's entrypoint and default command.
+    pub args: Vec<String>,
+    /// Ports it listens on (besides [`Container::with_exposed_port`]'s); it
+    /// is ready once every one accepts connections.
+    pub ports: Vec<u16>,
+    /// More conditions for ready: a log line, a command, and how long to
+    /// wait ([`crate::DEFAULT_READY_TIMEOUT`] unless set).
+    pub readiness: g::Readiness,
 }
 
 /// A secret: its value is read when it is created, and never written to the
@@ -251,6 +313,50 @@ impl Container {
             name: name.to_owned(),
             soft,
             hard,
+        })
+    }
+
+    /// This container as a service that runs `args` (empty: its entrypoint
+    /// and default command) and listens on `ports`.
+    pub fn as_service<I, S>(&self, args: I, ports: &[u16]) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.as_service_opts(ServiceOptions {
+            args: args.into_iter().map(Into::into).collect(),
+            ports: ports.to_vec(),
+            readiness: g::Readiness::default(),
+        })
+    }
+
+    pub fn as_service_opts(&self, options: ServiceOptions) -> Service {
+        Service {
+            engine: self.engine.clone(),
+            node: Arc::new(g::ServiceNode {
+                container: self.node.clone(),
+                args: options.args,
+                ports: options.ports,
+                readiness: options.readiness,
+            }),
+        }
+    }
+
+    /// Later steps reach `service` as host `alias`, on its ports. They are
+    /// keyed by the service: another image or command re-runs them.
+    pub fn with_service_binding(&self, alias: &str, service: &Service) -> Container {
+        self.then(g::ContainerOp::WithServiceBinding {
+            parent: self.parent(),
+            alias: alias.to_owned(),
+            service: service.node.clone(),
+        })
+    }
+
+    /// A port a service made of this container listens on.
+    pub fn with_exposed_port(&self, port: u16) -> Container {
+        self.then(g::ContainerOp::WithExposedPort {
+            parent: self.parent(),
+            port,
         })
     }
 

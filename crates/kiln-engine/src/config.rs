@@ -41,6 +41,10 @@ pub(crate) struct RunConfig {
     /// `(name, soft, hard)`, one per name.
     pub ulimits: Vec<(String, u64, u64)>,
     pub hostname: Option<String>,
+    /// `(alias, service)`, one per alias, in binding order.
+    pub services: Vec<(String, kiln_graph::Service)>,
+    /// From `with_exposed_port`: what a service made of it listens on.
+    pub exposed_ports: Vec<u16>,
 }
 
 impl RunConfig {
@@ -58,6 +62,8 @@ impl RunConfig {
             step_limits: kiln_graph::Limits::default(),
             ulimits: Vec::new(),
             hostname: None,
+            services: Vec::new(),
+            exposed_ports: Vec::new(),
         }
     }
 
@@ -130,6 +136,15 @@ pub(crate) fn config_of(inner: &Inner, container: &Container) -> Result<RunConfi
                 cfg.ulimits.push((name.clone(), *soft, *hard));
             }
             ContainerOp::WithHostname { hostname, .. } => cfg.hostname = Some(hostname.clone()),
+            ContainerOp::WithServiceBinding { alias, service, .. } => {
+                cfg.services.retain(|(a, _)| a != alias);
+                cfg.services.push((alias.clone(), service.clone()));
+            }
+            ContainerOp::WithExposedPort { port, .. } => {
+                if !cfg.exposed_ports.contains(port) {
+                    cfg.exposed_ports.push(*port);
+                }
+            }
             ContainerOp::WithDirectory { .. }
             | ContainerOp::WithFile { .. }
             | ContainerOp::WithNewFile { .. } => {}

@@ -98,6 +98,7 @@ pub(crate) struct Inner {
     next_step: AtomicU64,
     /// Set once by [`Engine::cancel`]; every running step waits on it.
     cancelled: watch::Sender<bool>,
+    pub services: crate::services::Services,
 }
 
 pub(crate) type HostSnapshot = Arc<OnceLock<Result<Arc<kiln_fs::HostTree>>>>;
@@ -110,6 +111,13 @@ impl Engine {
     pub fn open(options: EngineOptions) -> Result<Engine> {
         let store = Store::open(&options.store)?;
         let runtime = kiln_exec::Runtime::new(options.runtime.clone(), store.runtime_state_dir());
+        let namespaces = kiln_exec::cleanup_stale_namespaces(Path::new(crate::services::NETNS_DIR));
+        if namespaces > 0 {
+            tracing::info!(
+                count = namespaces,
+                "removed network namespaces of killed kiln processes"
+            );
+        }
         match crate::solve::cleanup_stale_runs(&store, &runtime) {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "cleaned up steps left by killed kiln processes"),
@@ -137,6 +145,7 @@ impl Engine {
                 drained: Arc::new(tokio::sync::Notify::new()),
                 next_step: AtomicU64::new(1),
                 cancelled: watch::Sender::new(false),
+                services: crate::services::Services::default(),
             }),
         })
     }
@@ -251,11 +260,39 @@ impl Engine {
     /// call may block for as long as a container teardown takes.
     pub fn cancel(&self) {
         self.inner.cancelled.send_replace(true);
+        self.inner.services.stop_all();
         // The memo holds a clone of every shared solve; a solve whose
         // callers are gone would otherwise live, unpolled, with its
         // container running until the engine is dropped.
         let abandoned = std::mem::take(&mut *lock(&self.inner.memo));
         drop(abandoned);
+    }
+
+    /// Stops the engine's services and waits (bounded) until their
+    /// containers and network are gone. Front ends call it when a run ends;
+    /// the engine stays usable (a later step that binds a service starts
+    /// it again).
+    pub async fn shutdown(&self) {
+        self.inner.services.shutdown().await;
+    }
+
+    /// [`Engine::shutdown`] from a thread without an async runtime.
+    pub fn shutdown_blocking(&self) {
+        let inner = self.inner.clone();
+        let stopped = std::thread::Builder::new()
+            .name("kiln-shutdown".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(inner.services.shutdown()),
+                    Err(e) => tracing::warn!(error = %e, "no runtime to stop services on"),
+                }
+            });
+        if let Ok(thread) = stopped {
+            let _ = thread.join();
+        }
     }
 
     /// Whether [`Engine::cancel`] was called.
@@ -306,6 +343,11 @@ impl Inner {
         // The sender lives in `self`, so waiting cannot fail.
         let _ = watching.wait_for(|cancelled| *cancelled).await;
         Error::Cancelled
+    }
+
+    /// Watches [`Engine::cancel`] (true once called).
+    pub fn cancelled_watch(&self) -> watch::Receiver<bool> {
+        self.cancelled.subscribe()
     }
 
     /// `Err(Cancelled)` once the engine is cancelled: checked before

@@ -39,6 +39,14 @@ pub enum Error {
     StepFailed(Arc<StepFailure>),
     #[error("secret {name}: {why}")]
     Secret { name: String, why: String },
+    /// A service failed to start, to become ready, or ended on its own.
+    #[error("service `{service}` {why}{}", log_section(.log_tail))]
+    Service {
+        service: String,
+        why: String,
+        /// The last lines of its output, scrubbed of secrets.
+        log_tail: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{what} {path} does not exist")]
@@ -64,6 +72,9 @@ pub struct StepFailure {
     pub ending: crate::Ending,
     pub expected: kiln_graph::Expect,
     pub output_tail: String,
+    /// What happened to services the step was bound to, when one ended
+    /// while it ran: the likely cause of the failure.
+    pub services: Vec<String>,
 }
 
 /// How many lines of a failed step's output an error shows.
@@ -100,7 +111,18 @@ fn failure_message(f: &StepFailure) -> String {
             f.output_tail.trim_end()
         ));
     }
+    for note in &f.services {
+        msg.push_str(&format!("\n{note}"));
+    }
     msg
+}
+
+fn log_section(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        " (it printed nothing)".to_owned()
+    } else {
+        format!("\n--- last lines of its output ---\n{}", tail.trim_end())
+    }
 }
 
 /// `90 s`, `1.5 s`: whole seconds without decimals.

@@ -24,15 +24,22 @@ mod events;
 mod images;
 mod lines;
 pub mod lockfile;
+mod services;
 mod solve;
 
-pub use api::{CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret};
+pub use api::{
+    CacheVolume, Container, ContainerConfig, Directory, ExecOptions, File, Secret, Service,
+    ServiceOptions,
+};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result, StepFailure, TAIL_LINES};
 pub use events::{Ending, Event, Outcome, StepId, Stream, Subscription};
 pub use images::ImagePolicy;
 /// What `with_hostname` and `with_ulimit` accept, as the runtime checks it.
 pub use kiln_exec::{valid_hostname, Rlimit};
-pub use kiln_graph::{parse_cpus, parse_duration, parse_memory, Expect, Limits, Sharing};
+pub use kiln_graph::{
+    parse_cpus, parse_duration, parse_memory, Expect, Limits, Readiness, Sharing,
+};
 pub use lines::{LineAssembler, Lines, LINE_CAP, LINE_WAIT};
 pub use lockfile::{LockFile, LOCK_FILE};
+pub use services::{service_hostname, DEFAULT_READY_TIMEOUT};

@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::future::{BoxFuture, FutureExt};
 use kiln_graph::{
     Container, ContainerOp, Directory, DirectoryOp, Expect, File, FileOp, Key, KeyBuilder, Keyer,
-    LeafKeys, NetworkMode, SecretNode, Sharing,
+    LeafKeys, SecretNode, Sharing,
 };
 use kiln_store::Digest;
 
@@ -112,6 +112,9 @@ impl Keys {
     pub fn file(&self, f: &File) -> Result<Key> {
         lock(&self.0).file(f)
     }
+    pub fn service(&self, s: &kiln_graph::Service) -> Result<Key> {
+        lock(&self.0).service(s)
+    }
 }
 
 /// What is being asked for.
@@ -157,9 +160,9 @@ pub(crate) async fn solve(inner: Arc<Inner>, target: Target) -> Result<Arc<FsSta
 }
 
 #[derive(Clone)]
-struct Solver {
-    inner: Arc<Inner>,
-    keys: Keys,
+pub(crate) struct Solver {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) keys: Keys,
 }
 
 impl Solver {
@@ -198,7 +201,7 @@ impl Solver {
         .boxed()
     }
 
-    fn container(&self, c: Container) -> BoxFuture<'static, Result<Arc<FsState>>> {
+    pub(crate) fn container(&self, c: Container) -> BoxFuture<'static, Result<Arc<FsState>>> {
         // Limits share their parent's key (they are not part of any): solve
         // the parent, or the memo would have the node wait for itself.
         let mut c = c;
@@ -496,7 +499,7 @@ impl Solver {
         Ok(state)
     }
 
-    fn config(&self, c: &Container) -> Result<crate::config::RunConfig> {
+    pub(crate) fn config(&self, c: &Container) -> Result<crate::config::RunConfig> {
         config_of(&self.inner, c)
     }
 
@@ -811,7 +814,7 @@ impl Solver {
         })
     }
 
-    fn step_name(&self, args: &[String]) -> String {
+    pub(crate) fn step_name(&self, args: &[String]) -> String {
         let mut name = String::from("exec");
         for arg in args {
             name.push(' ');
@@ -847,72 +850,10 @@ impl Solver {
         let base = self.container(parent).await?;
         let inner = self.inner.clone();
 
-        // Inputs first (they may run steps of their own), then a slot.
-        let mut binds = Vec::new();
-        let mut keep_alive: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
-        let mut volume_locks = Vec::new();
-        let scratch = RunScratch::new(&inner)?;
-        for mount in &cfg.mounts {
-            match mount {
-                Mount::Cache {
-                    path,
-                    volume,
-                    sharing,
-                } => {
-                    let dir = inner.store.volume_dir(&volume.name)?;
-                    if *sharing == Sharing::Locked {
-                        let inner = inner.clone();
-                        let name = volume.name.clone();
-                        volume_locks.push(
-                            tokio::task::spawn_blocking(move || inner.store.lock_volume(&name))
-                                .await??,
-                        );
-                    }
-                    binds.push(kiln_exec::BindMount {
-                        source: dir,
-                        target: path.clone(),
-                        readonly: false,
-                    });
-                }
-                Mount::Directory { path, dir } => {
-                    let state = self.directory(dir.clone()).await?;
-                    // A copy, not links: the step may write through the mount,
-                    // and must not reach the store's immutable layers.
-                    let copy = inner.store.stage_dir()?;
-                    let dest = copy.path().join("d");
-                    let view_inner = inner.clone();
-                    let dest_for_copy = dest.clone();
-                    tokio::task::spawn_blocking(move || {
-                        kiln_fs::export_dir(
-                            &state.view(&view_inner),
-                            Path::new(&state.path),
-                            &dest_for_copy,
-                        )
-                    })
-                    .await??;
-                    binds.push(kiln_exec::BindMount {
-                        source: dest,
-                        target: path.clone(),
-                        readonly: false,
-                    });
-                    keep_alive.push(Box::new(copy));
-                }
-                Mount::Secret { path, secret } => {
-                    let value = inner.resolve_secret(secret)?;
-                    let file = scratch.write_secret(&value)?;
-                    binds.push(kiln_exec::BindMount {
-                        source: file,
-                        target: path.clone(),
-                        readonly: true,
-                    });
-                }
-            }
-        }
-        let mut env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for (var, secret) in &cfg.secret_env {
-            let value = inner.resolve_secret(secret)?;
-            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-        }
+        // Inputs first (they may run steps of their own), then services,
+        // then a slot.
+        let inputs = self.run_inputs(&cfg).await?;
+        let (network, services) = self.network_of(&cfg).await?;
 
         // A cancelled engine starts nothing, even a step that was waiting.
         let _slot = tokio::select! {
@@ -931,56 +872,16 @@ impl Solver {
             name: name.to_owned(),
             key: key.short(),
         });
-        let spec = kiln_exec::RunSpec {
-            // Unique in the process, not only in this engine: a runner runs
-            // several jobs at once, each on its own engine.
-            container_id: format!("kiln-{}-{}", std::process::id(), next_container()),
-            bundle_dir: scratch.bundle.clone(),
-            lower_layers: {
-                let stack: Vec<PathBuf> = base
-                    .layers
-                    .iter()
-                    .map(|l| inner.store.layer_path(l))
-                    .collect();
-                // A layer whose root is opaque hides all below it; overlayfs
-                // ignores that mark on a lower's root, so they are left out.
-                kiln_oci::visible_layers(&stack)
-                    .iter()
-                    .rev()
-                    .cloned()
-                    .collect()
-            },
-            upper_dir: upper.path().to_owned(),
-            work_dir: work.path().to_owned(),
+        let spec = self.run_spec(RunParts {
+            base: &base,
+            inputs: &inputs,
+            cfg: &cfg,
             args: args.clone(),
-            env,
-            cwd: cfg.workdir.clone(),
-            user: cfg.user.clone(),
-            network: match cfg.network {
-                NetworkMode::Host => kiln_exec::Network::Host,
-                NetworkMode::None => kiln_exec::Network::None,
-            },
-            mounts: binds,
-            hostname: cfg.hostname.clone(),
-            limits: kiln_exec::StepLimits {
-                pids: match limits.pids {
-                    Some(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
-                    None => kiln_exec::StepLimits::default().pids,
-                },
-                memory: limits.memory_bytes,
-                cpu_millis: limits.cpu_millis,
-            },
-            rlimits: cfg
-                .ulimits
-                .iter()
-                .map(|(name, soft, hard)| kiln_exec::Rlimit {
-                    name: name.clone(),
-                    soft: *soft,
-                    hard: *hard,
-                })
-                .collect(),
-            timeout: limits.timeout,
-        };
+            limits: &limits,
+            network,
+            upper: upper.path(),
+            work: work.path(),
+        });
         let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
         let sink = {
             let capture = capture.clone();
@@ -1034,8 +935,7 @@ impl Solver {
                 }
             }
         };
-        drop(volume_locks);
-        drop(keep_alive);
+        drop(inputs);
         drop(work);
         let Some(status) = status else {
             self.finish_ending(
@@ -1076,6 +976,7 @@ impl Solver {
                 ending: ending.clone(),
                 expected: expect,
                 output_tail: tail_lines(&captured.tail(), TAIL_LINES),
+                services: services.iter().filter_map(|s| s.ended_note()).collect(),
             };
             let err = Error::StepFailed(Arc::new(failure));
             self.finish_ending(step, name, started, Err(err.to_string()), Some(ending));
@@ -1117,6 +1018,168 @@ impl Solver {
     }
 }
 
+impl Solver {
+    /// The mounts and environment of a run: cache volumes (locked if need
+    /// be), copies of mounted directories, secret files and variables.
+    pub(crate) async fn run_inputs(&self, cfg: &crate::config::RunConfig) -> Result<RunInputs> {
+        let inner = &self.inner;
+        let mut binds = Vec::new();
+        let mut keep_alive: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let scratch = RunScratch::new(inner)?;
+        for mount in &cfg.mounts {
+            match mount {
+                Mount::Cache {
+                    path,
+                    volume,
+                    sharing,
+                } => {
+                    let dir = inner.store.volume_dir(&volume.name)?;
+                    if *sharing == Sharing::Locked {
+                        let inner = inner.clone();
+                        let name = volume.name.clone();
+                        keep_alive.push(Box::new(
+                            tokio::task::spawn_blocking(move || inner.store.lock_volume(&name))
+                                .await??,
+                        ));
+                    }
+                    binds.push(kiln_exec::BindMount {
+                        source: dir,
+                        target: path.clone(),
+                        readonly: false,
+                    });
+                }
+                Mount::Directory { path, dir } => {
+                    let state = self.directory(dir.clone()).await?;
+                    // A copy, not links: the step may write through the mount,
+                    // and must not reach the store's immutable layers.
+                    let copy = inner.store.stage_dir()?;
+                    let dest = copy.path().join("d");
+                    let view_inner = inner.clone();
+                    let dest_for_copy = dest.clone();
+                    tokio::task::spawn_blocking(move || {
+                        kiln_fs::export_dir(
+                            &state.view(&view_inner),
+                            Path::new(&state.path),
+                            &dest_for_copy,
+                        )
+                    })
+                    .await??;
+                    binds.push(kiln_exec::BindMount {
+                        source: dest,
+                        target: path.clone(),
+                        readonly: false,
+                    });
+                    keep_alive.push(Box::new(copy));
+                }
+                Mount::Secret { path, secret } => {
+                    let value = inner.resolve_secret(secret)?;
+                    let file = scratch.write_secret(&value)?;
+                    binds.push(kiln_exec::BindMount {
+                        source: file,
+                        target: path.clone(),
+                        readonly: true,
+                    });
+                }
+            }
+        }
+        let mut env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for (var, secret) in &cfg.secret_env {
+            let value = inner.resolve_secret(secret)?;
+            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+        }
+        Ok(RunInputs {
+            binds,
+            env,
+            scratch,
+            _keep_alive: keep_alive,
+        })
+    }
+
+    /// The runtime's spec of one run.
+    pub(crate) fn run_spec(&self, parts: RunParts<'_>) -> kiln_exec::RunSpec {
+        let RunParts {
+            base,
+            inputs,
+            cfg,
+            args,
+            limits,
+            network,
+            upper,
+            work,
+        } = parts;
+        let inner = &self.inner;
+        kiln_exec::RunSpec {
+            // Unique in the process, not only in this engine: a runner runs
+            // several jobs at once, each on its own engine.
+            container_id: format!("kiln-{}-{}", std::process::id(), next_container()),
+            bundle_dir: inputs.scratch.bundle.clone(),
+            lower_layers: {
+                let stack: Vec<PathBuf> = base
+                    .layers
+                    .iter()
+                    .map(|l| inner.store.layer_path(l))
+                    .collect();
+                // A layer whose root is opaque hides all below it; overlayfs
+                // ignores that mark on a lower's root, so they are left out.
+                kiln_oci::visible_layers(&stack)
+                    .iter()
+                    .rev()
+                    .cloned()
+                    .collect()
+            },
+            upper_dir: upper.to_owned(),
+            work_dir: work.to_owned(),
+            args,
+            env: inputs.env.clone(),
+            cwd: cfg.workdir.clone(),
+            user: cfg.user.clone(),
+            network,
+            mounts: inputs.binds.clone(),
+            hostname: cfg.hostname.clone(),
+            limits: kiln_exec::StepLimits {
+                pids: match limits.pids {
+                    Some(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+                    None => kiln_exec::StepLimits::default().pids,
+                },
+                memory: limits.memory_bytes,
+                cpu_millis: limits.cpu_millis,
+            },
+            rlimits: cfg
+                .ulimits
+                .iter()
+                .map(|(name, soft, hard)| kiln_exec::Rlimit {
+                    name: name.clone(),
+                    soft: *soft,
+                    hard: *hard,
+                })
+                .collect(),
+            timeout: limits.timeout,
+        }
+    }
+}
+
+/// What [`Solver::run_inputs`] prepared, held until the run ends.
+pub(crate) struct RunInputs {
+    pub binds: Vec<kiln_exec::BindMount>,
+    /// `KEY=VALUE`, secret values included: never log it.
+    pub env: Vec<String>,
+    pub scratch: RunScratch,
+    /// Volume locks and directory copies.
+    _keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// The parts of [`Solver::run_spec`].
+pub(crate) struct RunParts<'a> {
+    pub base: &'a FsState,
+    pub inputs: &'a RunInputs,
+    pub cfg: &'a crate::config::RunConfig,
+    pub args: Vec<String>,
+    pub limits: &'a kiln_graph::Limits,
+    pub network: kiln_exec::Network,
+    pub upper: &'a Path,
+    pub work: &'a Path,
+}
+
 /// What the events and the failure say about how a step's process ended.
 fn ending_of(status: &kiln_exec::ExitStatus, limits: &kiln_graph::Limits) -> crate::Ending {
     if status.timed_out {
@@ -1148,7 +1211,7 @@ fn next_container() -> u64 {
 /// Per-step scratch space on tmpfs: the runtime bundle (whose config.json
 /// holds secret environment values) and mounted secret files. tmpfs means
 /// neither ever reaches the store's disk; the directory goes with the step.
-struct RunScratch {
+pub(crate) struct RunScratch {
     root: PathBuf,
     bundle: PathBuf,
     secrets: Mutex<u32>,
@@ -1287,7 +1350,7 @@ const TAIL_BYTES: usize = 64 << 10;
 /// A step's output as captured: scrubbed per stream, written to a file per
 /// stream (memory stays bounded whatever the output's size), and the last
 /// bytes of both interleaved for the failure tail.
-struct Capture {
+pub(crate) struct Capture {
     redactors: Option<(kiln_scrub::StreamRedactor, kiln_scrub::StreamRedactor)>,
     stdout: KeptStream,
     stderr: KeptStream,
@@ -1358,7 +1421,10 @@ impl KeptStream {
 }
 
 impl Capture {
-    fn new(redactor: kiln_scrub::Redactor, store: &kiln_store::Store) -> Result<Capture> {
+    pub(crate) fn new(
+        redactor: kiln_scrub::Redactor,
+        store: &kiln_store::Store,
+    ) -> Result<Capture> {
         let dir = store.stage_dir()?;
         let limit = kept_output_limit();
         let io = |e: std::io::Error| Error::Invalid(format!("capturing step output: {e}"));
@@ -1373,7 +1439,7 @@ impl Capture {
 
     /// Scrubs a chunk and keeps it; returns what to show live (the chunk,
     /// then a notice if it passed the kept-output limit).
-    fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<(Stream, Vec<u8>)> {
+    pub(crate) fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<(Stream, Vec<u8>)> {
         let Some((out, err)) = self.redactors.as_mut() else {
             return Vec::new();
         };
@@ -1405,7 +1471,7 @@ impl Capture {
         live
     }
 
-    fn finish(&mut self) -> Vec<(Stream, Vec<u8>)> {
+    pub(crate) fn finish(&mut self) -> Vec<(Stream, Vec<u8>)> {
         let Some((out, err)) = self.redactors.take() else {
             return Vec::new();
         };
@@ -1414,7 +1480,7 @@ impl Capture {
         rest
     }
 
-    fn tail(&self) -> Vec<u8> {
+    pub(crate) fn tail(&self) -> Vec<u8> {
         self.tail.iter().copied().collect()
     }
 
@@ -1432,7 +1498,7 @@ impl Capture {
     }
 }
 
-fn tail_lines(bytes: &[u8], n: usize) -> String {
+pub(crate) fn tail_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

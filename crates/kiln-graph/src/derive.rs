@@ -167,8 +167,32 @@ impl<L: LeafKeys> Keyer<L> {
             ContainerOp::WithHostname { hostname, .. } => {
                 b.str(hostname);
             }
+            // A step that talks to a service is keyed by it: a new database
+            // image re-runs the tests.
+            ContainerOp::WithServiceBinding { alias, service, .. } => {
+                let service = self.service(service)?;
+                b.str(alias).key(&service);
+            }
+            ContainerOp::WithExposedPort { port, .. } => {
+                b.u64(u64::from(*port));
+            }
         }
         Ok(b.finish())
+    }
+
+    /// A service's key: its container's, its command and its ports.
+    pub fn service(&mut self, s: &Service) -> Result<Key, L::Error> {
+        if let Some(k) = self.remembered(s) {
+            return Ok(k);
+        }
+        let container = self.container(&s.container)?;
+        let mut b = KeyBuilder::new("service");
+        b.key(&container).strs(&s.args);
+        for port in &s.ports {
+            b.u64(u64::from(*port));
+        }
+        let key = b.finish();
+        Ok(self.remember(s, key))
     }
 
     pub fn directory(&mut self, d: &Directory) -> Result<Key, L::Error> {
@@ -282,5 +306,7 @@ pub fn container_op_name(op: &ContainerOp) -> &'static str {
         ContainerOp::WithLimits { .. } => "with_limits",
         ContainerOp::WithUlimit { .. } => "with_ulimit",
         ContainerOp::WithHostname { .. } => "with_hostname",
+        ContainerOp::WithServiceBinding { .. } => "with_service_binding",
+        ContainerOp::WithExposedPort { .. } => "with_exposed_port",
     }
 }

@@ -93,6 +93,7 @@ pub struct CacheVolume {
 }
 
 pub type Container = Arc<ContainerNode>;
+pub type Service = Arc<ServiceNode>;
 pub type Directory = Arc<DirectoryNode>;
 pub type File = Arc<FileNode>;
 
@@ -196,6 +197,45 @@ pub enum ContainerOp {
         parent: Container,
         hostname: String,
     },
+    /// Later steps reach `service` as host `alias` (on its ports).
+    WithServiceBinding {
+        parent: Container,
+        alias: String,
+        service: Service,
+    },
+    /// A port a service made from this container listens on.
+    WithExposedPort {
+        parent: Container,
+        port: u16,
+    },
+}
+
+/// A long-running process made from a container: a database, a web
+/// server. It starts when a step that binds it runs, and serves every step
+/// of the run that binds it.
+#[derive(Debug)]
+pub struct ServiceNode {
+    pub container: Container,
+    /// The command; empty means the container's entrypoint and default
+    /// command, as `docker run IMAGE` runs them.
+    pub args: Vec<String>,
+    /// Ports it listens on, besides the container's exposed ones; it is
+    /// ready when every one accepts connections.
+    pub ports: Vec<u16>,
+    /// Not part of the key: when to call it ready changes nothing it does.
+    pub readiness: Readiness,
+}
+
+/// What besides its ports says a service is ready.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Readiness {
+    /// A line of its output containing this text.
+    pub log_line: Option<String>,
+    /// A command run in a container of the service's image (sharing its
+    /// network) that exits 0, such as `pg_isready`.
+    pub command: Option<Vec<String>>,
+    /// How long to wait for all of it; `None` is the engine's default.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Drop for ContainerNode {
@@ -234,7 +274,9 @@ macro_rules! with_parent {
             | WithMountedSecret { $parent, .. }
             | WithLimits { $parent, .. }
             | WithUlimit { $parent, .. }
-            | WithHostname { $parent, .. } => $some,
+            | WithHostname { $parent, .. }
+            | WithServiceBinding { $parent, .. }
+            | WithExposedPort { $parent, .. } => $some,
         }
     }};
 }

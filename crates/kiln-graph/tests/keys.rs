@@ -267,3 +267,65 @@ fn limits_leave_keys_alone_but_ulimits_and_hostnames_do_not() {
     });
     assert_ne!(keyer.container(&exec(&named, &["make"])).unwrap(), plain);
 }
+
+#[test]
+fn a_step_bound_to_a_service_is_keyed_by_the_service() {
+    let mut images = leaves();
+    for image in ["alpine", "postgres:15", "postgres:16"] {
+        images.images.insert(image.into(), k(image));
+    }
+    let mut keyer = Keyer::new(images);
+    let service = |image: &str, args: &[&str], readiness: Readiness| -> Service {
+        Arc::new(ServiceNode {
+            container: from(image),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ports: vec![5432],
+            readiness,
+        })
+    };
+    let bind = |svc: Service, alias: &str| -> Container {
+        exec(
+            &Arc::new(ContainerNode {
+                op: ContainerOp::WithServiceBinding {
+                    parent: from("alpine"),
+                    alias: alias.into(),
+                    service: svc,
+                },
+            }),
+            &["make", "test"],
+        )
+    };
+    let plain = keyer
+        .container(&exec(&from("alpine"), &["make", "test"]))
+        .unwrap();
+    let db = keyer
+        .container(&bind(
+            service("postgres:15", &[], Readiness::default()),
+            "db",
+        ))
+        .unwrap();
+    assert_ne!(db, plain);
+    // Another image, command or alias is another step.
+    for other in [
+        bind(service("postgres:16", &[], Readiness::default()), "db"),
+        bind(
+            service("postgres:15", &["postgres", "-F"], Readiness::default()),
+            "db",
+        ),
+        bind(service("postgres:15", &[], Readiness::default()), "pg"),
+    ] {
+        assert_ne!(keyer.container(&other).unwrap(), db);
+    }
+    // When it is called ready is not part of the key.
+    let patient = Readiness {
+        log_line: Some("ready to accept connections".into()),
+        timeout: Some(std::time::Duration::from_secs(300)),
+        command: None,
+    };
+    assert_eq!(
+        keyer
+            .container(&bind(service("postgres:15", &[], patient), "db"))
+            .unwrap(),
+        db
+    );
+}
