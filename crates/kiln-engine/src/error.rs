@@ -40,8 +40,9 @@ pub enum Error {
     #[error("secret {name}: {why}")]
     Secret { name: String, why: String },
     /// A service failed to start, to become ready, or ended on its own.
-    #[error("service `{service}` {why}{}", log_section(.log_tail))]
+    #[error("{service} {why}{}", log_section(.log_tail))]
     Service {
+        /// "service `COMMAND`"
         service: String,
         why: String,
         /// The last lines of its output, scrubbed of secrets.

@@ -49,7 +49,8 @@ pub(crate) struct Services {
 
 /// A started service.
 pub(crate) struct Running {
-    /// `service redis-server --port 6379`: what messages call it.
+    /// "service `redis-server --port 6379`": what messages and progress
+    /// call it.
     pub name: String,
     /// The name every bound step resolves it by, besides its alias.
     pub hostname: String,
@@ -278,7 +279,7 @@ impl Solver {
             service.args.clone()
         };
         let name = format!(
-            "service {}",
+            "service `{}`",
             self.step_name(&args).trim_start_matches("exec ")
         );
         if args.is_empty() {

@@ -286,6 +286,86 @@ fn container_methods(builder: &mut MethodsBuilder) {
         Ok(StarContainer(this.0.with_hostname(hostname)))
     }
 
+    /// This container as a service: a long-running process (a database, a
+    /// web server) that steps reach with `with_service_binding`. `args` is
+    /// its command (default: the image's entrypoint and command); `ports`
+    /// (with the container's `with_exposed_port` ones) must all accept
+    /// connections before it counts as ready. `ready_log` also waits for a
+    /// line of its output containing that text, `ready_command` for a
+    /// command run in its image on its network to exit 0 (such as
+    /// `["pg_isready", "-h", "127.0.0.1"]`), each within `ready_timeout`
+    /// (default `"60s"`). It starts when the first step bound to it runs,
+    /// serves every step of the run bound to it, and stops when the run
+    /// ends.
+    fn as_service<'v>(
+        this: &StarContainer,
+        #[starlark(require = named, default = UnpackListOrTuple::default())]
+        args: UnpackListOrTuple<String>,
+        #[starlark(require = named, default = UnpackListOrTuple::default())]
+        ports: UnpackListOrTuple<i32>,
+        #[starlark(require = named, default = NoneOr::None)] ready_log: NoneOr<String>,
+        #[starlark(require = named, default = NoneOr::None)] ready_command: NoneOr<
+            UnpackListOrTuple<String>,
+        >,
+        #[starlark(require = named, default = NoneOr::None)] ready_timeout: NoneOr<Value<'v>>,
+    ) -> anyhow::Result<StarService> {
+        let ports = ports
+            .items
+            .into_iter()
+            .map(parse_port)
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let command = ready_command.into_option().map(|c| c.items);
+        if command.as_ref().is_some_and(|c| c.is_empty()) {
+            bail!("ready_command needs a command: an empty list was given");
+        }
+        let ready_log = ready_log.into_option();
+        if ready_log.as_ref().is_some_and(|l| l.is_empty()) {
+            bail!("ready_log needs text to wait for");
+        }
+        let timeout = match ready_timeout.into_option() {
+            None => None,
+            Some(v) => Some(
+                g::parse_duration(&limit_text(v, "ready_timeout", "\"2m\"")?)
+                    .map_err(|e| anyhow!(e))?,
+            ),
+        };
+        Ok(StarService(this.0.as_service_opts(
+            kiln_engine::ServiceOptions {
+                args: args.items,
+                ports,
+                readiness: g::Readiness {
+                    log_line: ready_log,
+                    command,
+                    timeout,
+                },
+            },
+        )))
+    }
+
+    /// Later steps reach `service` as host `alias` (on its ports). A step
+    /// bound to a service is keyed by it: another image or command for the
+    /// service re-runs the step.
+    fn with_service_binding(
+        this: &StarContainer,
+        #[starlark(require = pos)] alias: &str,
+        #[starlark(require = pos)] service: &StarService,
+    ) -> anyhow::Result<StarContainer> {
+        if !kiln_engine::valid_hostname(alias) {
+            bail!("service alias {alias:?} must be 1-63 letters, digits and inner '-' or '.'");
+        }
+        Ok(StarContainer(
+            this.0.with_service_binding(alias, &service.0),
+        ))
+    }
+
+    /// A port that a service made of this container listens on.
+    fn with_exposed_port(
+        this: &StarContainer,
+        #[starlark(require = pos)] port: i32,
+    ) -> anyhow::Result<StarContainer> {
+        Ok(StarContainer(this.0.with_exposed_port(parse_port(port)?)))
+    }
+
     /// Copies a directory into the container at `path`. `include` and
     /// `exclude` (gitignore-style globs) narrow a host directory, such as a
     /// `Directory` parameter, before it is read.
@@ -604,6 +684,66 @@ fn file_methods(builder: &mut MethodsBuilder) {
     }
 }
 
+// ---------------------------------------------------------------- Service
+
+#[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
+pub(crate) struct StarService(#[allocative(skip)] pub kiln_engine::Service);
+
+starlark_simple_value!(StarService);
+
+impl fmt::Display for StarService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Service({})", container_origin(&self.0.node().container))
+    }
+}
+
+impl fmt::Debug for StarService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+static SERVICE_METHODS: MethodsStatic = MethodsStatic::new("Service", service_methods);
+
+#[starlark_value(type = "Service")]
+impl<'v> StarlarkValue<'v> for StarService {
+    fn get_methods() -> Option<&'static Methods> {
+        Some(SERVICE_METHODS.methods())
+    }
+}
+
+#[starlark_module]
+fn service_methods(builder: &mut MethodsBuilder) {
+    /// `HOST:PORT` by which a step bound to this service (under any alias)
+    /// reaches it; `port` defaults to its first. Starts nothing.
+    fn endpoint(
+        this: &StarService,
+        #[starlark(require = named, default = NoneOr::None)] port: NoneOr<i32>,
+        eval: &mut Evaluator,
+    ) -> anyhow::Result<String> {
+        let port = port.into_option().map(parse_port).transpose()?;
+        solve_now(eval, "endpoint", this.0.endpoint(port))
+    }
+
+    /// The hostname a bound step resolves it by, besides its alias.
+    fn hostname(this: &StarService, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "hostname", this.0.hostname())
+    }
+
+    /// Starts the service now and waits until it is ready (steps that bind
+    /// it do this themselves); returns its hostname.
+    fn start(this: &StarService, eval: &mut Evaluator) -> anyhow::Result<String> {
+        solve_now(eval, "start", this.0.start())
+    }
+}
+
+fn parse_port(port: i32) -> anyhow::Result<u16> {
+    match u16::try_from(port) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => bail!("port {port} is not a TCP port (1-65535)"),
+    }
+}
+
 // ---------------------------------------------------------------- Secret
 
 #[derive(Clone, ProvidesStaticType, NoSerialize, Allocative)]
@@ -651,6 +791,7 @@ impl<'v> StarlarkValue<'v> for StarCacheVolume {}
     StarDirectory as Directory,
     StarFile as File,
     StarSecret as Secret,
+    StarService as Service,
     StarCacheVolume as CacheVolume
 )]
 pub(crate) fn kiln_globals(builder: &mut GlobalsBuilder) {

@@ -296,7 +296,10 @@ pub async fn call_function(
             args,
             own,
         }) => (pipeline, name, args, own),
-        Err(error) => return Ok(Called::NotStarted { engine, error }),
+        Err(error) => {
+            engine.shutdown().await;
+            return Ok(Called::NotStarted { engine, error });
+        }
     };
     // Watching covers the call too: a function may solve values itself.
     watch.calling(&engine, &name, &own);
@@ -317,6 +320,9 @@ pub async fn call_function(
         ms = phase.elapsed().as_secs_f64() * 1e3,
         "solved the result"
     );
+    // The run is over: its services stop (their progress steps end) before
+    // progress finishes.
+    engine.shutdown().await;
     watch.finish().await;
     if output.is_ok() && !locked {
         crate::images::record_new_pins(&engine, &lock_root)?;

@@ -58,6 +58,20 @@ impl Env {
         self.cmd(args).output().unwrap()
     }
 
+    /// Containers the runtime still knows under this store.
+    pub fn runc_list(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.store().join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Writes a kiln.star (and friends) into a fresh module directory.
     pub fn module(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.path(name);
