@@ -3,8 +3,10 @@
 # installs runc and busybox-static if missing, builds kiln, imports a busybox
 # image made from the host's busybox, then runs examples/blog twice (the
 # second run comes entirely from the cache), examples/parallel-tests, the
-# Rust API example, and one job through the CI service (a server, a runner, a
-# git repository holding examples/parallel-tests).
+# Rust API example, examples/db-tests (a test suite against a PostgreSQL
+# service, in a Debian image built with debootstrap), and one job through the
+# CI service (a server, a runner, a git repository holding
+# examples/parallel-tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -32,6 +34,13 @@ echo
 echo "== examples/parallel-tests: two suites at once, artifact to dist/calc ==" >&2
 $kiln run -m examples/parallel-tests -o dist/calc --progress plain
 echo "dist/calc add 40 2 = $(sh dist/calc add 40 2)"
+echo
+echo "== examples/db-tests: a Python test suite against PostgreSQL, a service bound as host db ==" >&2
+# Built from Debian's packages once per machine (about a minute), kept in
+# ~/.cache/kiln; offline from here on.
+pg_image=$(scripts/debian-image.sh postgresql python3-psycopg2)
+$kiln image import "$pg_image" --tag debian:postgres
+$kiln run -m examples/db-tests --progress plain
 echo
 echo "== the Rust API example ==" >&2
 target/release/examples/demo examples/engine-demo/site examples/engine-demo/out

@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Instant;
 
-use common::{privileged, text, Env};
+use common::{text, Env};
 
 /// Each test's tools, in an image of its own: importing and unpacking an
 /// image is most of a test's time, and rustc alone is most of a Debian
@@ -24,60 +23,9 @@ const CARGO_PACKAGES: &[&str] = &["cargo", "libc6-dev"];
 const WHEEL_PACKAGES: &[&str] = &["python3", "flit"];
 const IMAGE: &str = "debian:mtimes";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The OCI archive of a Debian image holding `packages`, built by the
-/// script once per machine and package list. `None` (with the reason
-/// printed) only when debootstrap cannot run here; a build that fails for
-/// another reason fails the test.
-fn debian_image(packages: &[&str]) -> Option<PathBuf> {
-    let has_debootstrap = Command::new("sh")
-        .args([
-            "-c",
-            "command -v debootstrap || test -x /usr/sbin/debootstrap",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_debootstrap {
-        let why = "debootstrap is not installed (scripts/deps.sh installs it)";
-        if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
-            panic!("this test needs a Debian image: {why}");
-        }
-        eprintln!("skipping: this test needs a Debian image, and {why}");
-        return None;
-    }
-    let started = Instant::now();
-    let out = Command::new(repo().join("scripts/debian-image.sh"))
-        .args(packages)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "scripts/debian-image.sh failed:\n{stderr}"
-    );
-    eprintln!(
-        "debian image ready in {:.1}s: {}",
-        started.elapsed().as_secs_f64(),
-        stdout.trim()
-    );
-    Some(PathBuf::from(stdout.trim()))
-}
-
 /// A fresh store with a Debian image of `packages` imported as [`IMAGE`].
 fn debian_env(packages: &[&str]) -> Option<Env> {
-    if !privileged() {
-        return None;
-    }
-    let tarball = debian_image(packages)?;
-    let env = Env::empty();
-    let started = Instant::now();
-    let out = env.kiln(&["image", "import", tarball.to_str().unwrap(), "--tag", IMAGE]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    eprintln!("imported in {:.1}s", started.elapsed().as_secs_f64());
-    Some(env)
+    common::debian_env(packages, IMAGE)
 }
 
 fn write(path: &Path, contents: &str) {

@@ -123,3 +123,38 @@ fn a_service_that_is_never_ready_fails_the_call_clearly() {
     assert!(stderr.contains("port 70000 is not a TCP port"), "{stderr}");
     assert_eq!(env.runc_list(), Vec::<String>::new());
 }
+
+/// The packages of examples/db-tests' image (scripts/setup.sh builds the
+/// same one).
+const DB_EXAMPLE_PACKAGES: &[&str] = &["postgresql", "python3-psycopg2"];
+
+#[test]
+fn the_db_tests_example_runs_its_suite_against_postgres() {
+    let Some(env) = common::debian_env(DB_EXAMPLE_PACKAGES, "debian:postgres") else {
+        return;
+    };
+    let example = common::repo().join("examples/db-tests");
+    let m = example.to_str().unwrap();
+    let out = env.kiln(&["run", "-m", m, "--progress", "plain"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("database system is ready to accept connections"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Ran 6 tests"), "{stderr}");
+    assert!(
+        stderr.contains("\nOK\n") || stderr.contains("| OK\n"),
+        "{stderr}"
+    );
+    // Again: the suite is cached, and so PostgreSQL never starts.
+    let out = env.kiln(&["run", "-m", m, "--progress", "plain"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CACHED exec python3 -m unittest"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("service `"), "{stderr}");
+    assert_eq!(env.runc_list(), Vec::<String>::new());
+}

@@ -104,3 +104,60 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The OCI archive of a Debian image holding `packages`, built by
+/// scripts/debian-image.sh once per machine and package list. `None` (with
+/// the reason printed) only when debootstrap cannot run here; a build that
+/// fails for another reason fails the test.
+pub fn debian_image(packages: &[&str]) -> Option<PathBuf> {
+    let has_debootstrap = Command::new("sh")
+        .args([
+            "-c",
+            "command -v debootstrap || test -x /usr/sbin/debootstrap",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_debootstrap {
+        let why = "debootstrap is not installed (scripts/deps.sh installs it)";
+        if std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_some() {
+            panic!("this test needs a Debian image: {why}");
+        }
+        eprintln!("skipping: this test needs a Debian image, and {why}");
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let out = Command::new(repo().join("scripts/debian-image.sh"))
+        .args(packages)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "scripts/debian-image.sh failed:\n{stderr}"
+    );
+    eprintln!(
+        "debian image ready in {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        stdout.trim()
+    );
+    Some(PathBuf::from(stdout.trim()))
+}
+
+/// A fresh store with a Debian image of `packages` imported as `tag`.
+pub fn debian_env(packages: &[&str], tag: &str) -> Option<Env> {
+    if !privileged() {
+        return None;
+    }
+    let tarball = debian_image(packages)?;
+    let env = Env::empty();
+    let started = std::time::Instant::now();
+    let out = env.kiln(&["image", "import", tarball.to_str().unwrap(), "--tag", tag]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    eprintln!("imported in {:.1}s", started.elapsed().as_secs_f64());
+    Some(env)
+}
