@@ -139,7 +139,7 @@ fn a_namespace_without_outbound_has_no_resolver_and_stale_ones_are_removed() {
     assert_eq!(kiln_exec::cleanup_stale_namespaces(dir.path()), 1);
     assert!(!dead.exists());
     assert!(dir.path().join("1-x").exists());
-    let _ = rustix::mount::unmount(&dir.path().join("1-x"), rustix::mount::UnmountFlags::DETACH);
+    let _ = rustix::mount::unmount(dir.path().join("1-x"), rustix::mount::UnmountFlags::DETACH);
 }
 
 /// Whether no slirp4netns process serves the namespace at `path`.

@@ -383,7 +383,7 @@ fn cancel_after(engine: &Engine, timeout: std::time::Duration) {
 }
 
 /// `90 s`, `0.5 s`: a duration as messages give it.
-fn seconds(d: std::time::Duration) -> String {
+pub(crate) fn seconds(d: std::time::Duration) -> String {
     let s = d.as_secs_f64();
     if s.fract() == 0.0 {
         format!("{s:.0} s")

@@ -113,6 +113,21 @@ pub struct RunnerArgs {
     /// Limits of every step of every job, unless its pipeline sets its own.
     #[command(flatten)]
     pub limits: crate::cli::LimitArgs,
+    /// Wall time of a whole job (checkout included): past it the job's
+    /// steps are killed and it fails, saying so. `0` for none.
+    #[arg(long, env = "KILN_JOB_TIMEOUT", default_value = "1h", value_name = "DURATION", value_parser = parse_job_timeout)]
+    pub job_timeout: JobTimeout,
+}
+
+/// `--job-timeout`: a duration, or none for `0`.
+#[derive(Clone, Copy, Debug)]
+pub struct JobTimeout(pub Option<std::time::Duration>);
+
+fn parse_job_timeout(text: &str) -> Result<JobTimeout, String> {
+    if text.trim() == "0" {
+        return Ok(JobTimeout(None));
+    }
+    kiln_engine::parse_duration(text).map(|d| JobTimeout(Some(d)))
 }
 
 /// A registration token; never shown by `Debug`.
@@ -182,6 +197,7 @@ pub async fn run(mut setup: EngineSetup, args: RunnerArgs) -> Result<ExitCode> {
             work,
             locked: args.locked,
             runner_name: name,
+            job_timeout: args.job_timeout.0,
         },
         phase: phase.clone(),
         jobs: Mutex::new(HashMap::new()),

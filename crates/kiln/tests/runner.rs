@@ -1178,3 +1178,46 @@ def ci(source: Directory):
     let status = runner.wait_exit();
     assert!(status.success(), "{}", runner.output());
 }
+
+#[test]
+fn a_job_past_the_runners_job_timeout_fails_saying_so_and_its_steps_are_killed() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let marker = format!("{}", 8000 + std::process::id() % 1000);
+    let kiln_star = format!(
+        r#"
+def ci(source: Directory):
+    """Sleeps past the job timeout."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
+"#
+    );
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, &kiln_star, &[]);
+    server.add_repo("app", &repo);
+    let mut runner = RunnerProcess::start_with(&env, &server, "r1", &["--job-timeout", "3s"]);
+    let started = Instant::now();
+    let id = server.trigger("app", &commit);
+    let job = server.wait_status(
+        id,
+        &["failed", "succeeded"],
+        Duration::from_secs(60),
+        &runner,
+    );
+    assert_eq!(job["status"], "failed", "{job}");
+    let log = joined(&server.logs(id), None);
+    assert!(
+        log.contains("timed out after 3 s (the runner's --job-timeout)"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!sleeper_alive(&marker));
+    assert!(runc_containers(&env.store()).is_empty());
+    assert!(runner.terminate().success());
+}

@@ -28,6 +28,8 @@ pub struct JobContext {
     pub work: PathBuf,
     pub locked: bool,
     pub runner_name: String,
+    /// `--job-timeout`: the wall time of one job.
+    pub job_timeout: Option<Duration>,
 }
 
 /// Why a job was stopped before it ended by itself.
@@ -39,6 +41,8 @@ pub enum StopReason {
     Gone,
     /// The runner is shutting down and was told to cancel what runs.
     Shutdown,
+    /// It ran past the runner's `--job-timeout`.
+    TimedOut,
 }
 
 /// Stops a job from outside: the heartbeat, the log sender, a signal.
@@ -146,6 +150,13 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         }
     };
     let checked_out = OnceLock::new();
+    let timer = ctx.job_timeout.map(|timeout| {
+        let control = control.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            control.stop(StopReason::TimedOut);
+        })
+    });
     let succeeded = {
         let execute = execute(ctx, &job, dir.clone(), &log, &control, &checked_out);
         let wound_down = async {
@@ -157,6 +168,9 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
             _ = wound_down => false,
         }
     };
+    if let Some(timer) = timer {
+        timer.abort();
+    }
     remove_checkout(dir.clone()).await;
     if claim.is_some() {
         let _ = std::fs::remove_file(checkout_lock(&dir));
@@ -172,6 +186,10 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
             return JobEnd::Dropped("the server no longer counts it as this runner's".into());
         }
         Some(StopReason::Shutdown) => log.system("cancelled: the runner is shutting down"),
+        Some(StopReason::TimedOut) => log.system(&format!(
+            "error: the job timed out after {} (the runner's --job-timeout): its steps were killed",
+            crate::pipeline::seconds(ctx.job_timeout.unwrap_or_default())
+        )),
         None => {}
     }
     drop(log);
