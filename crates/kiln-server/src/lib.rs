@@ -57,5 +57,5 @@ mod webhook;
 
 pub use config::{parse_db_url, DbUrl, DbUrlError, ServerConfig};
 pub use server::{Server, ServerError, MAX_WAIT, MAX_WEBHOOK_BODY};
-pub use store::{Job, JobStatus, LogChunk, Step, StepStatus, Store, StoreError};
+pub use store::{Job, JobStatus, LogChunk, RepoLimits, Step, StepStatus, Store, StoreError};
 pub use token::{Token, TokenHash, TokenKind};

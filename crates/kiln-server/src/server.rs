@@ -474,6 +474,8 @@ struct CreateRepo {
     branch: Option<String>,
     poll_seconds: Option<i64>,
     webhook_secret: Option<String>,
+    #[serde(default)]
+    limits: crate::store::RepoLimits,
 }
 
 /// Names end up in URLs, paths and command lines: a leading '-' would read
@@ -557,12 +559,19 @@ async fn create_repo(
             body.name
         )));
     }
+    if let Some(field) = body.limits.invalid_field() {
+        return Err(ApiError::BadRequest(format!(
+            "limits.{field} of repo {:?} must be a positive number",
+            body.name
+        )));
+    }
     let repo = NewRepo {
         name: body.name,
         url: body.url,
         branch,
         poll_seconds,
         webhook_secret: body.webhook_secret.filter(|secret| !secret.is_empty()),
+        limits: body.limits,
     };
     let name = repo.name.clone();
     if shared.db(move |store| store.add_repo(&repo)).await? {
@@ -589,6 +598,7 @@ async fn list_repos(
                 "branch": repo.branch,
                 "poll_seconds": repo.poll_seconds,
                 "has_webhook_secret": repo.has_webhook_secret,
+                "limits": repo.limits,
             })
         })
         .collect();
@@ -825,6 +835,7 @@ fn claimed_view(claimed: ClaimedJob) -> serde_json::Value {
         "git_ref": claimed.job.git_ref,
         "commit": claimed.job.commit_sha,
         "attempt": claimed.job.attempt,
+        "limits": claimed.limits,
         "queued_at": rfc3339(claimed.job.queued_at),
         "started_at": claimed.job.started_at.map(rfc3339),
     })

@@ -88,7 +88,55 @@ INSERT INTO log_chunks_by_attempt (job, attempt, seq, stream, data)
 DROP TABLE log_chunks;
 ALTER TABLE log_chunks_by_attempt RENAME TO log_chunks;
 "#,
+    // 3: per-repository defaults for the limits of its jobs.
+    r#"
+ALTER TABLE repos ADD COLUMN step_memory_bytes BIGINT;
+ALTER TABLE repos ADD COLUMN step_cpu_millis BIGINT;
+ALTER TABLE repos ADD COLUMN step_timeout_ms BIGINT;
+ALTER TABLE repos ADD COLUMN job_timeout_ms BIGINT;
+"#,
 ];
+
+/// A repository's defaults for its jobs: each step's memory, CPUs and
+/// timeout (unless the pipeline sets its own), and the whole job's timeout.
+/// Unset fields leave the runner's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RepoLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_memory_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_cpu_millis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_timeout_ms: Option<i64>,
+}
+
+impl RepoLimits {
+    /// The first field that is not a positive number, by name.
+    pub fn invalid_field(&self) -> Option<&'static str> {
+        [
+            ("step_memory_bytes", self.step_memory_bytes),
+            ("step_cpu_millis", self.step_cpu_millis),
+            ("step_timeout_ms", self.step_timeout_ms),
+            ("job_timeout_ms", self.job_timeout_ms),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.is_some_and(|v| v <= 0))
+        .map(|(name, _)| name)
+    }
+
+    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RepoLimits> {
+        Ok(RepoLimits {
+            step_memory_bytes: row.get(first)?,
+            step_cpu_millis: row.get(first + 1)?,
+            step_timeout_ms: row.get(first + 2)?,
+            job_timeout_ms: row.get(first + 3)?,
+        })
+    }
+}
+
+const LIMIT_COLUMNS: &str = "step_memory_bytes, step_cpu_millis, step_timeout_ms, job_timeout_ms";
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +227,7 @@ pub struct Repo {
     pub branch: String,
     pub poll_seconds: i64,
     pub has_webhook_secret: bool,
+    pub limits: RepoLimits,
 }
 
 /// A repository to add.
@@ -188,6 +237,7 @@ pub struct NewRepo {
     pub branch: String,
     pub poll_seconds: i64,
     pub webhook_secret: Option<String>,
+    pub limits: RepoLimits,
 }
 
 impl std::fmt::Debug for NewRepo {
@@ -201,6 +251,7 @@ impl std::fmt::Debug for NewRepo {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -227,6 +278,7 @@ pub struct Job {
 pub struct ClaimedJob {
     pub job: Job,
     pub url: String,
+    pub limits: RepoLimits,
 }
 
 /// One piece of a job's output. `seq` counts from 0 within an attempt.
@@ -605,24 +657,29 @@ impl Store {
     /// Adds a repository; `Ok(false)` if one with that name exists.
     pub fn add_repo(&mut self, repo: &NewRepo) -> Result<bool, StoreError> {
         let changed = self.conn.execute(
-            "INSERT INTO repos (name, url, branch, poll_seconds, webhook_secret) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO repos (name, url, branch, poll_seconds, webhook_secret, \
+             step_memory_bytes, step_cpu_millis, step_timeout_ms, job_timeout_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (name) DO NOTHING",
             params![
                 repo.name,
                 repo.url,
                 repo.branch,
                 repo.poll_seconds,
-                repo.webhook_secret
+                repo.webhook_secret,
+                repo.limits.step_memory_bytes,
+                repo.limits.step_cpu_millis,
+                repo.limits.step_timeout_ms,
+                repo.limits.job_timeout_ms,
             ],
         )?;
         Ok(changed > 0)
     }
 
     pub fn repos(&self) -> Result<Vec<Repo>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, url, branch, poll_seconds, webhook_secret IS NOT NULL \
-             FROM repos ORDER BY name",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT name, url, branch, poll_seconds, webhook_secret IS NOT NULL, {LIMIT_COLUMNS} \
+             FROM repos ORDER BY name"
+        ))?;
         let rows = stmt.query_map([], |row| {
             Ok(Repo {
                 name: row.get(0)?,
@@ -630,6 +687,7 @@ impl Store {
                 branch: row.get(2)?,
                 poll_seconds: row.get(3)?,
                 has_webhook_secret: row.get(4)?,
+                limits: RepoLimits::from_row(row, 5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -863,13 +921,13 @@ impl Store {
         )?;
         let job = job_in(&tx, id)?
             .ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished while claimed")))?;
-        let url = tx.query_row(
-            "SELECT url FROM repos WHERE name = ?1",
+        let (url, limits) = tx.query_row(
+            &format!("SELECT url, {LIMIT_COLUMNS} FROM repos WHERE name = ?1"),
             params![job.repo],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, RepoLimits::from_row(row, 1)?)),
         )?;
         tx.commit()?;
-        Ok(Some(ClaimedJob { job, url }))
+        Ok(Some(ClaimedJob { job, url, limits }))
     }
 
     /// Runs `write` with the current attempt of a job `runner_id` holds, in
@@ -1218,6 +1276,11 @@ mod tests {
                 branch: "main".into(),
                 poll_seconds: 60,
                 webhook_secret: Some("hook".into()),
+                limits: RepoLimits {
+                    step_memory_bytes: Some(1 << 30),
+                    job_timeout_ms: Some(600_000),
+                    ..RepoLimits::default()
+                },
             })
             .unwrap());
     }
@@ -1318,6 +1381,11 @@ mod tests {
         assert_eq!(claimed.job.id, id);
         assert_eq!(claimed.job.git_ref, "main");
         assert_eq!(claimed.url, "https://example.test/app.git");
+        // The repo's limits travel with the job.
+        assert_eq!(claimed.limits.step_memory_bytes, Some(1 << 30));
+        assert_eq!(claimed.limits.job_timeout_ms, Some(600_000));
+        assert_eq!(claimed.limits.step_timeout_ms, None);
+        assert_eq!(store.repos().unwrap()[0].limits, claimed.limits);
         assert!(store.claim_next(r2).unwrap().is_none());
         assert_eq!(
             store

@@ -323,6 +323,20 @@ async fn bad_repo_input_is_refused_with_its_name() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("ghost"));
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/repos",
+            Some(&server.admin),
+            Some(json!({ "name": "lib", "url": "https://x.test/l.git",
+                         "limits": {"job_timeout_ms": 0} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("limits.job_timeout_ms"));
 
     let repos = server.admin_get("/api/repos").await;
     assert_eq!(
@@ -332,7 +346,8 @@ async fn bad_repo_input_is_refused_with_its_name() {
             "url": "https://git.example.test/app.git",
             "branch": "main",
             "poll_seconds": 0,
-            "has_webhook_secret": false
+            "has_webhook_secret": false,
+            "limits": {}
         }])
     );
 }

@@ -104,6 +104,8 @@ pub enum RepoCommand {
         #[arg(long, value_name = "FILE")]
         webhook_secret_file: Option<PathBuf>,
         #[command(flatten)]
+        limits: RepoLimitArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// List the repositories.
@@ -114,6 +116,47 @@ pub enum RepoCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// A repository's defaults for its jobs. Each replaces the runner's own
+/// default (`kiln runner --memory ...`); a pipeline's own limits on a step
+/// still come first.
+#[derive(Args, Debug, Default)]
+pub struct RepoLimitArgs {
+    /// Memory of each step that sets none, swap included (e.g. 512m, 4g).
+    #[arg(long, value_name = "SIZE", value_parser = kiln_engine::parse_memory)]
+    pub memory: Option<u64>,
+    /// CPUs of each step that sets none (e.g. 2, 0.5).
+    #[arg(long, value_name = "CPUS", value_parser = kiln_engine::parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Time each step that sets none may run (e.g. 30m, 90s).
+    #[arg(long, value_name = "DURATION", value_parser = kiln_engine::parse_duration)]
+    pub step_timeout: Option<std::time::Duration>,
+    /// Time a whole job may run (e.g. 20m); a runner with a shorter
+    /// --job-timeout keeps its own.
+    #[arg(long, value_name = "DURATION", value_parser = kiln_engine::parse_duration)]
+    pub job_timeout: Option<std::time::Duration>,
+}
+
+impl RepoLimitArgs {
+    /// The `limits` object of the API's `CreateRepo`.
+    fn body(&self) -> Value {
+        let millis = |duration: std::time::Duration| duration.as_millis().max(1) as u64;
+        let mut limits = json!({});
+        if let Some(memory) = self.memory {
+            limits["step_memory_bytes"] = json!(memory);
+        }
+        if let Some(cpus) = self.cpus {
+            limits["step_cpu_millis"] = json!(cpus);
+        }
+        if let Some(timeout) = self.step_timeout {
+            limits["step_timeout_ms"] = json!(millis(timeout));
+        }
+        if let Some(timeout) = self.job_timeout {
+            limits["job_timeout_ms"] = json!(millis(timeout));
+        }
+        limits
+    }
 }
 
 /// `kiln trigger`.
@@ -237,6 +280,7 @@ pub async fn repo(cmd: RepoCommand) -> Result<ExitCode> {
             poll_seconds,
             webhook_secret,
             webhook_secret_file,
+            limits,
             client,
         } => {
             let api = ApiClient::new(&client)?;
@@ -258,6 +302,7 @@ pub async fn repo(cmd: RepoCommand) -> Result<ExitCode> {
             if let Some(secret) = secret {
                 body["webhook_secret"] = json!(secret);
             }
+            body["limits"] = limits.body();
             let _: Value = api.post("/api/repos", Some(&body)).await?;
             eprintln!("added repository {name}");
         }

@@ -1180,6 +1180,83 @@ def ci(source: Directory):
 }
 
 #[test]
+fn a_repositorys_limits_replace_the_runners_defaults() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
+    let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
+    let marker = format!("{}", 9000 + std::process::id() % 1000);
+    let kiln_star = format!(
+        r#"
+def ci(source: Directory):
+    """Sleeps past the repository's limits."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
+"#
+    );
+    let repo = env.path("repo");
+    let commit = git_repo(&repo, &kiln_star, &[]);
+    let url = repo.to_str().unwrap();
+    // One repository bounds each step, the other the whole job; the
+    // runner's own defaults are an hour each.
+    server.post(
+        "/api/repos",
+        json!({"name": "steps", "url": url, "poll_seconds": 0,
+               "limits": {"step_timeout_ms": 2000}}),
+    );
+    server.post(
+        "/api/repos",
+        json!({"name": "jobs", "url": url, "poll_seconds": 0,
+               "limits": {"job_timeout_ms": 3000}}),
+    );
+    let (status, refused) = server.call(
+        reqwest::Method::POST,
+        "/api/repos",
+        Some(json!({"name": "bad", "url": url, "limits": {"step_memory_bytes": -1}})),
+    );
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("limits.step_memory_bytes"),
+        "{refused}"
+    );
+
+    let mut runner = RunnerProcess::start_with(
+        &env,
+        &server,
+        "r1",
+        &["--step-timeout", "1h", "--job-timeout", "1h"],
+    );
+    let started = Instant::now();
+    let step_bound = server.trigger("steps", &commit);
+    let job_bound = server.trigger("jobs", &commit);
+    for id in [step_bound, job_bound] {
+        let job = server.wait_status(
+            id,
+            &["failed", "succeeded"],
+            Duration::from_secs(60),
+            &runner,
+        );
+        assert_eq!(job["status"], "failed", "{job}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = joined(&server.logs(step_bound), None);
+    assert!(log.contains("timed out after 2 s"), "{log}");
+    assert!(!log.contains("job timed out"), "{log}");
+    let log = joined(&server.logs(job_bound), None);
+    assert!(
+        log.contains("the job timed out after 3 s (the repository's job timeout)"),
+        "{log}"
+    );
+    assert!(!sleeper_alive(&marker));
+    assert!(runc_containers(&env.store()).is_empty());
+    assert!(runner.terminate().success());
+}
+
+#[test]
 fn a_job_past_the_runners_job_timeout_fails_saying_so_and_its_steps_are_killed() {
     if !privileged() {
         return;

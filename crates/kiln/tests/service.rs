@@ -406,8 +406,14 @@ fn repos_triggers_and_jobs_from_the_command_line() {
         "0",
         "--webhook-secret-file",
         &secret_arg,
+        "--memory",
+        "2g",
+        "--job-timeout",
+        "20m",
     ]);
     service.add_repo("lib");
+    let zero = service.kiln(&["repo", "add", "bad", "--url", "x", "--cpus", "0"]);
+    assert!(!zero.status.success(), "{}", show(&zero));
     let again = service.kiln(&["repo", "add", "app", "--url", "https://x.example/a.git"]);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("409"), "{}", show(&again));
@@ -421,6 +427,10 @@ fn repos_triggers_and_jobs_from_the_command_line() {
         .unwrap();
     assert_eq!(app["branch"], "trunk");
     assert_eq!(app["has_webhook_secret"], true);
+    assert_eq!(
+        app["limits"],
+        json!({"step_memory_bytes": 2u64 << 30, "job_timeout_ms": 1_200_000})
+    );
     assert!(!repos.to_string().contains("s3cret"), "{repos}");
     let table = service.ok(&["repo", "ls"]);
     assert!(table.starts_with("NAME"), "{table}");
@@ -428,7 +438,17 @@ fn repos_triggers_and_jobs_from_the_command_line() {
         table
             .lines()
             .any(|line| line.split_whitespace().collect::<Vec<_>>()
-                == ["app", "https://git.example/app.git", "trunk", "off", "yes"]),
+                == [
+                    "app",
+                    "https://git.example/app.git",
+                    "trunk",
+                    "off",
+                    "yes",
+                    "memory",
+                    "2g,",
+                    "job",
+                    "20m"
+                ]),
         "{table}"
     );
     assert!(!table.contains("s3cret"));

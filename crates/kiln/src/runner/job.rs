@@ -41,7 +41,8 @@ pub enum StopReason {
     Gone,
     /// The runner is shutting down and was told to cancel what runs.
     Shutdown,
-    /// It ran past the runner's `--job-timeout`.
+    /// It ran past its job timeout (the runner's `--job-timeout`, or its
+    /// repository's if shorter).
     TimedOut,
 }
 
@@ -150,7 +151,8 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         }
     };
     let checked_out = OnceLock::new();
-    let timer = ctx.job_timeout.map(|timeout| {
+    let (job_timeout, timeout_source) = job_timeout(ctx.job_timeout, job.limits.job_timeout());
+    let timer = job_timeout.map(|timeout| {
         let control = control.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -187,8 +189,8 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         }
         Some(StopReason::Shutdown) => log.system("cancelled: the runner is shutting down"),
         Some(StopReason::TimedOut) => log.system(&format!(
-            "error: the job timed out after {} (the runner's --job-timeout): its steps were killed",
-            crate::pipeline::seconds(ctx.job_timeout.unwrap_or_default())
+            "error: the job timed out after {} ({timeout_source}): its steps were killed",
+            crate::pipeline::seconds(job_timeout.unwrap_or_default())
         )),
         None => {}
     }
@@ -221,6 +223,21 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
     }
 }
 
+/// The shorter of the runner's and the repository's job timeouts, and
+/// which one it is, for the log.
+fn job_timeout(
+    runner: Option<Duration>,
+    repo: Option<Duration>,
+) -> (Option<Duration>, &'static str) {
+    match (runner, repo) {
+        (Some(runner), Some(repo)) if runner <= repo => {
+            (Some(runner), "the runner's --job-timeout")
+        }
+        (_, Some(repo)) => (Some(repo), "the repository's job timeout"),
+        (runner, None) => (runner, "the runner's --job-timeout"),
+    }
+}
+
 /// Checks out and runs `ci`; whether it succeeded. Everything worth
 /// knowing goes to the log.
 async fn execute(
@@ -248,8 +265,13 @@ async fn execute(
     }
     let mut watch = JobWatch::new(control.clone(), log.clone());
     let started = Instant::now();
+    // The repository's defaults replace the runner's, field by field.
+    let setup = ctx
+        .setup
+        .clone()
+        .with_limits(job.limits.step_defaults().or(ctx.setup.default_limits));
     let called = pipeline::call_function(
-        &ctx.setup,
+        &setup,
         pipeline::ci_call(dir, ctx.locked, Vec::new()),
         &mut watch,
     )
@@ -510,6 +532,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shorter_job_timeout_wins_and_is_named() {
+        let minute = Some(Duration::from_secs(60));
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(
+            job_timeout(hour, minute),
+            (minute, "the repository's job timeout")
+        );
+        assert_eq!(
+            job_timeout(minute, hour),
+            (minute, "the runner's --job-timeout")
+        );
+        assert_eq!(
+            job_timeout(None, minute),
+            (minute, "the repository's job timeout")
+        );
+        assert_eq!(
+            job_timeout(hour, None),
+            (hour, "the runner's --job-timeout")
+        );
+        assert_eq!(job_timeout(None, None).0, None);
+    }
 
     #[test]
     fn results_worth_a_line_are_summarised() {
