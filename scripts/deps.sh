@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kiln needs from Debian when it is missing: runc (the OCI
-# runtime), busybox-static (the base of the test and example images), and
+# Installs what kiln needs from Debian when it is missing: runc and crun
+# (the OCI runtimes), busybox-static (the base of the test and example images), and
 # for the registry tests docker-registry (CNCF distribution), skopeo and
 # apache2-utils (htpasswd), git for the CI service's runners, and
 # debootstrap for the Debian test images.
@@ -19,6 +19,9 @@ command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missin
 # Services share a private network namespace per run; slirp4netns gives it
 # outbound network (pip install, apt-get) without touching the host's.
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
+# crun starts a container in about half runc's time; bench/step-overhead
+# measures both.
+command -v crun >/dev/null 2>&1 || missing+=(crun)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   if [ "$(id -u)" -ne 0 ]; then

@@ -48,7 +48,7 @@ impl Default for EngineOptions {
             runtime: std::env::var_os("KILN_RUNTIME")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("runc")),
+                .unwrap_or_else(kiln_exec::default_runtime),
             // Steps are mostly waiting on I/O or on each other (a test suite
             // waiting for a service), so allow more than one per core.
             max_parallel_steps: std::thread::available_parallelism()

@@ -36,7 +36,7 @@ pub use error::{Error, Result, StepFailure, TAIL_LINES};
 pub use events::{Ending, Event, Outcome, StepId, Stream, Subscription};
 pub use images::ImagePolicy;
 /// What `with_hostname` and `with_ulimit` accept, as the runtime checks it.
-pub use kiln_exec::{valid_hostname, Rlimit};
+pub use kiln_exec::{default_runtime, valid_hostname, Rlimit};
 pub use kiln_graph::{
     parse_cpus, parse_duration, parse_memory, Expect, Limits, Readiness, Sharing,
 };

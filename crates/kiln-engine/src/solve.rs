@@ -535,9 +535,11 @@ impl Solver {
             return Ok(state);
         }
         let state = compute.await?;
+        let started = Instant::now();
         let record = serde_json::to_vec(&state)
             .map_err(|e| Error::Internal(format!("encode cache record: {e}")))?;
         self.inner.store.ac_put(&key.to_hex(), &record)?;
+        kiln_exec::phase_done(&key.short(), "record", started);
         Ok(state)
     }
 
@@ -852,8 +854,10 @@ impl Solver {
 
         // Inputs first (they may run steps of their own), then services,
         // then a slot.
+        let inputs_started = Instant::now();
         let inputs = self.run_inputs(&cfg).await?;
         let (network, services) = self.network_of(&cfg).await?;
+        let inputs_took = inputs_started.elapsed();
 
         // A cancelled engine starts nothing, even a step that was waiting.
         let _slot = tokio::select! {
@@ -863,6 +867,7 @@ impl Solver {
                 slot.map_err(|_| Error::Internal("step slots closed".into()))?
             }
         };
+        let stage_started = Instant::now();
         let upper = inner.store.stage_dir()?;
         let work = inner.store.stage_dir()?;
         let step = inner.next_step();
@@ -882,7 +887,16 @@ impl Solver {
             upper: upper.path(),
             work: work.path(),
         });
+        let container = spec.container_id.clone();
         let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
+        kiln_exec::phase_done(&container, "stage", stage_started);
+        tracing::debug!(
+            target: kiln_exec::PHASE_TARGET,
+            container,
+            phase = "inputs",
+            ms = inputs_took.as_secs_f64() * 1e3,
+            "step phase"
+        );
         let sink = {
             let capture = capture.clone();
             let inner = inner.clone();
@@ -985,9 +999,14 @@ impl Solver {
         let committed = {
             let inner = inner.clone();
             let id = format!("x-{}", key.to_hex());
+            let container = container.clone();
             tokio::task::spawn_blocking(move || -> Result<(String, Digest, Digest)> {
+                let started = Instant::now();
                 inner.store.commit_layer(upper, &id)?;
+                kiln_exec::phase_done(&container, "commit", started);
+                let started = Instant::now();
                 let (stdout, stderr) = captured.store(&inner.store)?;
+                kiln_exec::phase_done(&container, "outputs", started);
                 Ok((id, stdout, stderr))
             })
             .await
@@ -1347,22 +1366,13 @@ pub(crate) const KEPT_OUTPUT_ENV: &str = "KILN_STEP_OUTPUT_LIMIT";
 /// [`TAIL_LINES`] lines of ordinary output, whatever the output's size.
 const TAIL_BYTES: usize = 64 << 10;
 
-/// A step's output as captured: scrubbed per stream, written to a file per
-/// stream (memory stays bounded whatever the output's size), and the last
-/// bytes of both interleaved for the failure tail.
-pub(crate) struct Capture {
-    redactors: Option<(kiln_scrub::StreamRedactor, kiln_scrub::StreamRedactor)>,
-    stdout: KeptStream,
-    stderr: KeptStream,
-    tail: std::collections::VecDeque<u8>,
-    // Holds the two files; removed with the capture.
-    _dir: kiln_store::Staged,
-}
-
-/// One stream's kept output: a file, up to `limit` bytes.
+/// One stream's kept output: a file in the store's staging area, up to
+/// `limit` bytes, hashed as it is written. The file is made with the first
+/// byte, so a silent step costs no file at all.
 struct KeptStream {
-    path: PathBuf,
-    file: std::io::BufWriter<std::fs::File>,
+    staging: PathBuf,
+    file: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    digest: kiln_store::DigestWriter,
     kept: u64,
     limit: u64,
     cut: bool,
@@ -1370,30 +1380,52 @@ struct KeptStream {
 }
 
 impl KeptStream {
-    fn create(path: PathBuf, limit: u64) -> std::io::Result<KeptStream> {
-        let file = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(KeptStream {
-            path,
-            file: std::io::BufWriter::with_capacity(64 << 10, file),
+    fn new(staging: PathBuf, limit: u64) -> KeptStream {
+        KeptStream {
+            staging,
+            file: None,
+            digest: kiln_store::DigestWriter::default(),
             kept: 0,
             limit,
             cut: false,
             error: None,
-        })
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        if self.error.is_some() {
+            return;
+        }
+        let file = match self.file.as_mut() {
+            Some(file) => file,
+            None => match tempfile::Builder::new()
+                .prefix("out-")
+                .tempfile_in(&self.staging)
+            {
+                Ok(file) => self
+                    .file
+                    .insert(std::io::BufWriter::with_capacity(64 << 10, file)),
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            },
+        };
+        match file.write_all(bytes) {
+            Ok(()) => self.digest.update(bytes),
+            Err(e) => self.error = Some(e),
+        }
     }
 
     /// Keeps what fits; returns the notice to show when the limit is hit.
     fn keep(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        use std::io::Write;
         if self.cut || self.error.is_some() {
             return None;
         }
         let room = (self.limit - self.kept).min(bytes.len() as u64) as usize;
-        if let Err(e) = self.file.write_all(&bytes[..room]) {
-            self.error = Some(e);
+        self.write(&bytes[..room]);
+        if self.error.is_some() {
             return None;
         }
         self.kept += room as u64;
@@ -1405,19 +1437,46 @@ impl KeptStream {
             "\n[kiln: this step's output passed {} bytes; the rest is shown live but not kept (set {KEPT_OUTPUT_ENV} to keep more)]\n",
             self.limit
         );
-        let _ = self.file.write_all(notice.as_bytes());
+        self.write(notice.as_bytes());
         Some(notice.into_bytes())
     }
 
-    /// Flushes and hands back the file, or the write error that lost output.
-    fn close(mut self) -> std::io::Result<PathBuf> {
-        use std::io::Write;
+    /// Puts what was kept in the store as a blob, by renaming its file
+    /// (see [`kiln_store::Store::adopt_blob`]); an empty stream is the empty
+    /// blob, written once per store.
+    fn into_blob(mut self, store: &kiln_store::Store) -> Result<Digest> {
+        let io = |e: std::io::Error| Error::Invalid(format!("keeping step output: {e}"));
         if let Some(e) = self.error.take() {
-            return Err(e);
+            return Err(io(e));
         }
-        self.file.flush()?;
-        Ok(self.path)
+        let digest = self.digest.finish();
+        match self.file {
+            None => {
+                // An empty file is the empty blob's only possible content.
+                if store.blob_size(&digest) != Some(0) {
+                    store.put_blob(b"")?;
+                }
+            }
+            Some(file) => {
+                let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+                let path = file.into_temp_path();
+                store.adopt_blob(&path, &digest)?;
+                // Renamed away: nothing is left for the guard to remove.
+                let _ = path.keep();
+            }
+        }
+        Ok(digest)
     }
+}
+
+/// A step's output as captured: scrubbed per stream, written to a file per
+/// stream (memory stays bounded whatever the output's size), and the last
+/// bytes of both interleaved for the failure tail.
+pub(crate) struct Capture {
+    redactors: Option<(kiln_scrub::StreamRedactor, kiln_scrub::StreamRedactor)>,
+    stdout: KeptStream,
+    stderr: KeptStream,
+    tail: std::collections::VecDeque<u8>,
 }
 
 impl Capture {
@@ -1425,15 +1484,13 @@ impl Capture {
         redactor: kiln_scrub::Redactor,
         store: &kiln_store::Store,
     ) -> Result<Capture> {
-        let dir = store.stage_dir()?;
         let limit = kept_output_limit();
-        let io = |e: std::io::Error| Error::Invalid(format!("capturing step output: {e}"));
+        let staging = store.staging_root().to_owned();
         Ok(Capture {
             redactors: Some((redactor.stream(), redactor.stream())),
-            stdout: KeptStream::create(dir.path().join("stdout"), limit).map_err(io)?,
-            stderr: KeptStream::create(dir.path().join("stderr"), limit).map_err(io)?,
+            stdout: KeptStream::new(staging.clone(), limit),
+            stderr: KeptStream::new(staging, limit),
             tail: std::collections::VecDeque::new(),
-            _dir: dir,
         })
     }
 
@@ -1486,15 +1543,7 @@ impl Capture {
 
     /// Puts both streams in the store as blobs.
     fn store(self, store: &kiln_store::Store) -> Result<(Digest, Digest)> {
-        let io = |e: std::io::Error| Error::Invalid(format!("keeping step output: {e}"));
-        let put = |kept: KeptStream| -> Result<Digest> {
-            let path = kept.close().map_err(io)?;
-            let mut file = std::fs::File::open(&path).map_err(io)?;
-            Ok(store.put_blob_from(&mut file, None)?)
-        };
-        let stdout = put(self.stdout)?;
-        let stderr = put(self.stderr)?;
-        Ok((stdout, stderr))
+        Ok((self.stdout.into_blob(store)?, self.stderr.into_blob(store)?))
     }
 }
 

@@ -22,16 +22,10 @@ fn sleeper(engine: &Engine, marker: u32) -> kiln_engine::Container {
 
 /// Containers the runtime knows under the store's state root.
 fn runc_containers(engine: &Engine) -> Vec<String> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(engine.store().runtime_state_dir())
-        .args(["list", "-q"])
-        .output()
-        .expect("runc list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    kiln_testkit::runtime_containers(
+        &kiln_engine::EngineOptions::default().runtime,
+        &engine.store().runtime_state_dir(),
+    )
 }
 
 /// Waits until the step has printed "started" and `sleep MARKER` runs.

@@ -43,16 +43,10 @@ fn service_starts(events: &[Event]) -> usize {
 }
 
 fn runc_containers(engine: &Engine) -> Vec<String> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(engine.store().runtime_state_dir())
-        .args(["list", "-q"])
-        .output()
-        .expect("runc list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    kiln_testkit::runtime_containers(
+        &kiln_engine::EngineOptions::default().runtime,
+        &engine.store().runtime_state_dir(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,36 @@ use crate::config::{ConfigInput, MountEntry};
 use crate::stubs::StubPlan;
 use crate::user::ResolvedUser;
 
+/// The runtime used when none is named: crun when it is installed, since
+/// it starts a container in about half runc's time (`bench/step-overhead`),
+/// else runc.
+pub fn default_runtime() -> PathBuf {
+    let installed = |name: &str| {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    };
+    installed("crun").unwrap_or_else(|| PathBuf::from("runc"))
+}
+
+/// The tracing target of per-step phase timings: `KILN_LOG=kiln_phases=debug`
+/// prints one line per phase of every step, which `bench/step-overhead
+/// --phases` sums up.
+pub const PHASE_TARGET: &str = "kiln_phases";
+
+/// Reports how long one phase of a step took, since `since`.
+pub fn phase_done(container: &str, phase: &'static str, since: Instant) {
+    tracing::debug!(
+        target: PHASE_TARGET,
+        container,
+        phase,
+        ms = since.elapsed().as_secs_f64() * 1e3,
+        "step phase"
+    );
+}
+
 /// Entries a run creates in its bundle dir.
 const LOCK: &str = "lock";
 const CONFIG: &str = "config.json";
@@ -556,6 +586,7 @@ impl Runtime {
         // Synchronous on purpose: no await point between acquiring a
         // resource and handing it to the guard, so cancellation cannot leak.
         let mut guard = self.prepare(&spec)?;
+        let started = Instant::now();
         let mut child = self.spawn_runtime(&guard, handle)?;
         let pipes = (child.stdout.take(), child.stderr.take());
         // From here on the guard owns the runtime process: dropping the
@@ -624,6 +655,7 @@ impl Runtime {
             }
         };
 
+        phase_done(&id, "runtime", started);
         let runtime_errors = if status.success() {
             Vec::new()
         } else {
@@ -666,6 +698,7 @@ impl Runtime {
     /// Everything up to a ready bundle; the guard undoes it on any error.
     fn prepare(&self, spec: &RunSpec) -> Result<RunGuard, Error> {
         let id = spec.container_id.as_str();
+        let started = Instant::now();
         let checked = validate(spec)?;
         let bundle = checked.bundle.clone();
         let lock = acquire_lock(&bundle, id)?;
@@ -677,6 +710,7 @@ impl Runtime {
             bundle: bundle.clone(),
             rootfs: rootfs.clone(),
             upper: checked.upper.clone(),
+            work: checked.work.clone(),
             lock: Some(lock),
             mounted: false,
             stubs: None,
@@ -712,6 +746,8 @@ impl Runtime {
             source,
         })?;
         guard.mounted = true;
+        phase_done(id, "mount", started);
+        let started = Instant::now();
 
         let user = user::resolve(&rootfs, spec.user.as_deref()).map_err(|e| Error::User {
             container_id: id.to_string(),
@@ -769,6 +805,7 @@ impl Runtime {
             path: config_path.clone(),
             source,
         })?;
+        phase_done(id, "bundle", started);
         Ok(guard)
     }
 
@@ -939,6 +976,7 @@ struct RunGuard {
     bundle: PathBuf,
     rootfs: PathBuf,
     upper: PathBuf,
+    work: PathBuf,
     /// Held (flock) until the bundle is cleaned; released by closing.
     lock: Option<File>,
     mounted: bool,
@@ -966,13 +1004,28 @@ impl RunGuard {
     /// awaited instead of blocking an executor thread.
     async fn teardown(&mut self) -> Result<(), Error> {
         if self.spawned {
-            runc::delete_async(&self.binary, &self.state_root, &self.container_id)
-                .await
-                .map_err(|message| self.cleanup_error(message))?;
+            let started = Instant::now();
+            // A runtime that exited by itself has destroyed the container
+            // and its state unless something went wrong; only then is a
+            // `delete` (a whole runtime process, ~10 ms for runc) needed.
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if !exited || runc::has_state(&self.state_root, &self.container_id) {
+                runc::delete_async(&self.binary, &self.state_root, &self.container_id)
+                    .await
+                    .map_err(|message| self.cleanup_error(message))?;
+            }
             self.spawned = false;
+            phase_done(&self.container_id, "delete", started);
         }
-        self.teardown_sync()
-            .map_err(|message| self.cleanup_error(message))
+        let started = Instant::now();
+        let result = self
+            .teardown_sync()
+            .map_err(|message| self.cleanup_error(message));
+        phase_done(&self.container_id, "teardown", started);
+        result
     }
 
     fn cleanup_error(&self, message: String) -> Error {
@@ -996,7 +1049,10 @@ impl RunGuard {
         }
         if self.mounted {
             match overlay::unmount(&self.rootfs) {
-                Ok(overlay::Unmounted::Clean) => self.mounted = false,
+                Ok(overlay::Unmounted::Clean) => {
+                    self.mounted = false;
+                    overlay::forget_volatile(&self.work);
+                }
                 Ok(overlay::Unmounted::Lazily) => {
                     tracing::warn!(container = %self.container_id, rootfs = %self.rootfs.display(),
                         "rootfs was busy; detached lazily");

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags,
-    MountAttrFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
 };
 
 /// The overlay features that would write non-standard metadata into upper
@@ -129,6 +129,15 @@ fn mount_new_api(spec: &OverlaySpec<'_>) -> io::Result<()> {
     for (key, value) in LAYER_FORMAT_OPTIONS {
         fsconfig_set_string(fs.as_fd(), key, value)
             .map_err(|e| with_log(e, &format!("setting overlay option {key}={value}")))?;
+    }
+    // `volatile` (Linux 5.10+) skips syncing the upper dir: on every fsync
+    // in the step (dpkg and package managers fsync a lot) and at unmount,
+    // where overlayfs would otherwise sync the upper filesystem. A step's
+    // upper dir was never durable before it is committed (layers are
+    // renamed into place, not fsynced), so nothing that was kept is lost;
+    // a kernel without the option mounts as before.
+    if let Err(e) = fsconfig_set_flag(fs.as_fd(), "volatile") {
+        tracing::debug!(error = %e, "overlay has no volatile option here");
     }
     let set_path = |key: &str, path: &Path| -> io::Result<()> {
         // The kernel resolves the path during this call, so a temporary fd
@@ -260,6 +269,17 @@ pub(crate) enum Unmounted {
 
 /// Unmounts everything stacked at `target`. Busy mounts are retried briefly
 /// (a dying container can hold them for a moment), then detached lazily.
+/// After a clean unmount, removes the marker a `volatile` mount leaves in
+/// its work dir (`work/incompat/volatile/dirty`), which makes the kernel refuse
+/// to mount that upper and work dir again: it is there to catch a crash
+/// while mounted, and a clean unmount is not one.
+pub(crate) fn forget_volatile(work: &Path) {
+    let incompat = work.join("work/incompat");
+    let _ = std::fs::remove_file(incompat.join("volatile/dirty"));
+    let _ = std::fs::remove_dir(incompat.join("volatile"));
+    let _ = std::fs::remove_dir(incompat);
+}
+
 pub(crate) fn unmount(target: &Path) -> io::Result<Unmounted> {
     let mut outcome = Unmounted::Clean;
     let mut busy_retries = 0;

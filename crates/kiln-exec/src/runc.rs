@@ -8,13 +8,73 @@ use std::io;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Base command: `BINARY --root STATE`, stdin from /dev/null.
+/// Base command: `BINARY --root STATE`, stdin from /dev/null; for a
+/// runtime that refuses this host's cgroup layout, in a mount namespace
+/// that hides it (see [`hides_cgroup2`]).
 pub(crate) fn std_command(binary: &Path, state_root: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(binary);
     cmd.arg("--root").arg(state_root).stdin(Stdio::null());
+    if hides_cgroup2(binary) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only syscalls on static strings between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::umount2(HYBRID_CGROUP2.as_ptr(), libc::MNT_DETACH) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd
+}
+
+/// Where a hybrid host (cgroup v1 controllers under a tmpfs at
+/// /sys/fs/cgroup) mounts its cgroup2 hierarchy.
+const HYBRID_CGROUP2: &std::ffi::CStr = c"/sys/fs/cgroup/unified";
+
+/// Whether `binary` is to run with the hybrid host's cgroup2 hierarchy
+/// unmounted from its view. crun (1.8, Debian's) refuses to run at all on a
+/// hybrid host whose cgroup2 hierarchy has a controller available ("cgroups
+/// in hybrid mode not supported, drop all controllers from cgroupv2"), even
+/// one nobody enabled, such as hugetlb. In a private mount namespace
+/// without that mount, crun sees a plain v1 host and uses the v1
+/// controllers, as runc does; the host's own mounts are untouched, and the
+/// namespace goes with the runtime process. Asked once per binary.
+fn hides_cgroup2(binary: &Path) -> bool {
+    static HYBRID_WITH_CONTROLLERS: OnceLock<bool> = OnceLock::new();
+    static REFUSES: Mutex<Vec<(std::path::PathBuf, bool)>> = Mutex::new(Vec::new());
+    let hybrid = *HYBRID_WITH_CONTROLLERS.get_or_init(|| {
+        let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+        !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            && std::fs::read_to_string(unified).is_ok_and(|c| !c.trim().is_empty())
+    });
+    if !hybrid {
+        return false;
+    }
+    let mut known = REFUSES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, refuses)) = known.iter().find(|(path, _)| path == binary) {
+        return *refuses;
+    }
+    let refuses = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"crun"));
+    known.push((binary.to_owned(), refuses));
+    refuses
 }
 
 /// `kill ID KILL`. Failures are expected (already stopped or never created)
@@ -46,6 +106,13 @@ pub(crate) async fn kill_async(binary: &Path, state_root: &Path, id: &str) {
             tracing::debug!(container = id, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "runtime kill failed");
         }
     }
+}
+
+/// Whether the runtime still keeps state for container `id`. runc, crun
+/// and youki all keep it in `STATE/ID`; a foreground `run` removes it when
+/// the container exits, which makes the `delete` after it redundant.
+pub(crate) fn has_state(state_root: &Path, id: &str) -> bool {
+    std::fs::symlink_metadata(state_root.join(id)).is_ok()
 }
 
 /// `delete --force ID`, blocking.

@@ -207,6 +207,32 @@ impl Store {
         writer.commit(expected)
     }
 
+    /// Moves a file the caller wrote in [`Store::staging_root`] into place
+    /// as the blob `digest`, which the caller computed while writing it.
+    /// No copy and no fsync: every read of a blob checks it against its
+    /// digest ([`Store::open_blob`]), so one damaged by a power cut is
+    /// found and removed, and what referred to it is rebuilt. A blob
+    /// already there is replaced by the same bytes, which also repairs one
+    /// that was damaged.
+    pub fn adopt_blob(&self, staged: &Path, digest: &Digest) -> Result<()> {
+        if !staged.starts_with(&self.session_tmp) {
+            return Err(Error::Io {
+                action: "adopt a blob from outside the store's staging area",
+                path: staged.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        set_mode(staged, 0o644)?;
+        let target = self.blob_path(digest);
+        fs::rename(staged, &target).ctx("put blob in place", &target)
+    }
+
+    /// Where this handle stages what it builds: in the store's filesystem
+    /// (so entries are renamed into place) and removed with the handle.
+    pub fn staging_root(&self) -> &Path {
+        &self.session_tmp
+    }
+
     /// Opens a blob after checking its bytes against its digest. A corrupt
     /// blob is removed so the next attempt refetches or rebuilds it.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
@@ -317,11 +343,25 @@ impl Store {
         }
     }
 
+    /// Records `payload` under `key`, without an fsync: every record carries
+    /// a checksum and [`Store::ac_get`] drops one that fails it, so a record
+    /// torn or lost by a power cut is a cache miss, never a wrong result.
+    /// (A kill of the process loses nothing: the page cache outlives it.)
     pub fn ac_put(&self, key: &str, payload: &[u8]) -> Result<()> {
         validate_name("cache key", key)?;
         let mut record = format!("{AC_MAGIC} {}\n", blake3::hash(payload).to_hex()).into_bytes();
         record.extend_from_slice(payload);
-        self.write_atomically(&self.ac_path(key), &record)
+        let target = self.ac_path(key);
+        let mut file = tempfile::Builder::new()
+            .prefix("f-")
+            .tempfile_in(&self.session_tmp)
+            .ctx("create staging file in", &self.session_tmp)?;
+        file.write_all(&record)
+            .ctx("write", file.path().to_owned())?;
+        file.persist(&target)
+            .map_err(|e| e.error)
+            .ctx("put in place", &target)?;
+        Ok(())
     }
 
     /// Forgets one action-cache entry (its result turned out unusable).

@@ -24,6 +24,51 @@ fn blob_round_trip_and_dedupe() {
 }
 
 #[test]
+fn a_staged_file_is_adopted_as_a_blob_and_repairs_a_damaged_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = new_store();
+    let digest = Digest::of(b"step output");
+    let stage = |bytes: &[u8]| {
+        let path = store.staging_root().join("out-test");
+        fs::write(&path, bytes).unwrap();
+        path
+    };
+    store.adopt_blob(&stage(b"step output"), &digest).unwrap();
+    assert_eq!(store.read_blob(&digest).unwrap(), b"step output");
+    let mode = fs::metadata(store.blob_path(&digest))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // A blob damaged on disk is replaced by adopting the same bytes again.
+    fs::write(store.blob_path(&digest), b"step outpuX").unwrap();
+    store.adopt_blob(&stage(b"step output"), &digest).unwrap();
+    assert_eq!(store.read_blob(&digest).unwrap(), b"step output");
+    // Only files of the store's own staging area are taken.
+    let outside = dir.path().join("elsewhere");
+    fs::write(&outside, b"step output").unwrap();
+    assert!(store.adopt_blob(&outside, &digest).is_err());
+    assert!(outside.exists());
+}
+
+#[test]
+fn a_torn_action_cache_record_is_a_miss() {
+    let (_dir, store) = new_store();
+    let key = "k".repeat(64);
+    store.ac_put(&key, b"{\"layers\":[]}").unwrap();
+    assert_eq!(
+        store.ac_get(&key).unwrap().as_deref(),
+        Some(&b"{\"layers\":[]}"[..])
+    );
+    // What a power cut can leave of an unsynced record: a prefix.
+    let path = store.root().join("ac").join(&key);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    assert_eq!(store.ac_get(&key).unwrap(), None);
+    assert!(!path.exists(), "the torn record is removed");
+}
+
+#[test]
 fn mismatched_blob_is_not_stored() {
     let (_dir, store) = new_store();
     let claimed = Digest::of(b"the real bytes");

@@ -25,7 +25,7 @@ pub use layer::{
     busybox_layer, compress, decompress, layer_from_dir, typeflag, Compression, LayerBuilder,
     RawEntry, DEFAULT_MTIME,
 };
-pub use process::{process_alive, sleeper_alive};
+pub use process::{process_alive, runtime_containers, sleeper_alive};
 pub use registry::{Fault, FaultAction, FaultProxy, ProxiedRequest, TestRegistry};
 
 use std::path::{Path, PathBuf};

@@ -25,3 +25,25 @@ pub fn sleeper_alive(marker: &str) -> bool {
         args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
     })
 }
+
+/// The containers `runtime` (runc or crun, as kiln runs them) still knows
+/// under `state_root`. Panics if the runtime cannot list them, so a check
+/// that none is left cannot pass by not looking.
+pub fn runtime_containers(runtime: &std::path::Path, state_root: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new(runtime)
+        .arg("--root")
+        .arg(state_root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {} list: {e}", runtime.display()));
+    assert!(
+        out.status.success(),
+        "{} list failed: {}",
+        runtime.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

@@ -28,15 +28,10 @@ pub struct Global {
     /// Store directory [default: $KILN_STORE, else /var/lib/kiln for root, else $XDG_DATA_HOME/kiln]
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// OCI runtime binary (runc, crun, youki)
-    #[arg(
-        long,
-        global = true,
-        env = "KILN_RUNTIME",
-        default_value = "runc",
-        value_name = "PATH"
-    )]
-    pub runtime: PathBuf,
+    /// OCI runtime binary (runc, crun, youki) [default: crun if installed,
+    /// else runc]
+    #[arg(long, global = true, env = "KILN_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
     /// A registry to reach over plain HTTP (repeatable, or comma-separated in
     /// KILN_INSECURE_REGISTRY). Loopback hosts always may; all others use HTTPS.
     #[arg(
@@ -320,7 +315,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     };
     let setup = EngineSetup {
         store: store.clone(),
-        runtime: cli.global.runtime.clone(),
+        runtime: cli
+            .global
+            .runtime
+            .clone()
+            .unwrap_or_else(kiln_engine::default_runtime),
         registry: registry.clone(),
         offline: cli.global.offline,
         eval: cli.global.eval_limits(),

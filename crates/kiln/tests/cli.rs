@@ -157,11 +157,7 @@ fn mounts_under(path: &Path) -> Vec<String> {
 }
 
 fn runc_containers(store: &Path) -> String {
-    let out = Command::new("runc")
-        .args(["--root", store.join("runc").to_str().unwrap(), "list", "-q"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    kiln_testkit::runtime_containers(&common::runtime(), &store.join("runc")).join("\n")
 }
 
 #[test]

@@ -456,16 +456,7 @@ fn wait_sleeping(marker: &str) {
 
 /// Containers runc knows under the store's state root.
 fn runc_containers(store: &Path) -> Vec<String> {
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(store.join("runc"))
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    kiln_testkit::runtime_containers(&common::runtime(), &store.join("runc"))
 }
 
 const STEP_CI: &str = r#"

@@ -60,16 +60,7 @@ impl Env {
 
     /// Containers the runtime still knows under this store.
     pub fn runc_list(&self) -> Vec<String> {
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(self.store().join("runc"))
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        kiln_testkit::runtime_containers(&runtime(), &self.store().join("runc"))
     }
 
     /// Writes a kiln.star (and friends) into a fresh module directory.
@@ -93,6 +84,14 @@ impl Env {
 }
 
 /// A shell snippet that increments /count/NAME.
+/// The runtime the kiln under test uses: KILN_RUNTIME, else its default.
+pub fn runtime() -> PathBuf {
+    std::env::var_os("KILN_RUNTIME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(kiln_engine::default_runtime)
+}
+
 pub fn bump(name: &str) -> String {
     format!("n=$(cat /count/{name} 2>/dev/null || echo 0); echo $((n+1)) > /count/{name}")
 }
