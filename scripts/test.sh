@@ -16,6 +16,13 @@ cargo test --workspace --doc --quiet
 # Timing is judged by `bench/compare w1` outside CI.
 cargo build --quiet -p kiln --bins
 python3 bench/compare w1 --quick --kiln target/debug/kiln --work "$(mktemp -d)/w1"
+# The step-cost benchmarks in their quick modes: a chain and a fan of
+# trivial steps give the expected result, and a few steps run under each
+# runtime with every phase of a step reported. Judged by `bench/compare
+# chain|fan` and `bench/step-overhead --phases` outside CI.
+python3 bench/compare chain --quick --kiln target/debug/kiln --work "$(mktemp -d)/chain"
+python3 bench/compare fan --quick --kiln target/debug/kiln --work "$(mktemp -d)/fan"
+python3 bench/step-overhead --quick --phases --kiln target/debug/kiln
 # The dispatch benchmark in its quick mode: a server, 2 runners, 20 jobs, each
 # run exactly once and successfully; 20 idle runner connections held open.
 # Latency and the 500-runner figures are judged by `bench/dispatch` outside CI.
