@@ -362,7 +362,7 @@ impl Solver {
             name: name.clone(),
             key: key.short(),
         });
-        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
+        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)));
         let wanted_line = service.readiness.log_line.clone();
         let (line_seen_tx, line_seen) = watch::channel(wanted_line.is_none());
         let sink = {

@@ -539,7 +539,7 @@ impl Solver {
         let record = serde_json::to_vec(&state)
             .map_err(|e| Error::Internal(format!("encode cache record: {e}")))?;
         self.inner.store.ac_put(&key.to_hex(), &record)?;
-        kiln_exec::phase_done(&key.short(), "record", started);
+        kiln_exec::phase_done(&key.short(), "record", started.elapsed());
         Ok(state)
     }
 
@@ -888,15 +888,9 @@ impl Solver {
             work: work.path(),
         });
         let container = spec.container_id.clone();
-        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)?));
-        kiln_exec::phase_done(&container, "stage", stage_started);
-        tracing::debug!(
-            target: kiln_exec::PHASE_TARGET,
-            container,
-            phase = "inputs",
-            ms = inputs_took.as_secs_f64() * 1e3,
-            "step phase"
-        );
+        let capture = Arc::new(Mutex::new(Capture::new(inner.redactor(), &inner.store)));
+        kiln_exec::phase_done(&container, "stage", stage_started.elapsed());
+        kiln_exec::phase_done(&container, "inputs", inputs_took);
         let sink = {
             let capture = capture.clone();
             let inner = inner.clone();
@@ -1003,10 +997,10 @@ impl Solver {
             tokio::task::spawn_blocking(move || -> Result<(String, Digest, Digest)> {
                 let started = Instant::now();
                 inner.store.commit_layer(upper, &id)?;
-                kiln_exec::phase_done(&container, "commit", started);
+                kiln_exec::phase_done(&container, "commit", started.elapsed());
                 let started = Instant::now();
                 let (stdout, stderr) = captured.store(&inner.store)?;
-                kiln_exec::phase_done(&container, "outputs", started);
+                kiln_exec::phase_done(&container, "outputs", started.elapsed());
                 Ok((id, stdout, stderr))
             })
             .await
@@ -1480,18 +1474,15 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub(crate) fn new(
-        redactor: kiln_scrub::Redactor,
-        store: &kiln_store::Store,
-    ) -> Result<Capture> {
+    pub(crate) fn new(redactor: kiln_scrub::Redactor, store: &kiln_store::Store) -> Capture {
         let limit = kept_output_limit();
         let staging = store.staging_root().to_owned();
-        Ok(Capture {
+        Capture {
             redactors: Some((redactor.stream(), redactor.stream())),
             stdout: KeptStream::new(staging.clone(), limit),
             stderr: KeptStream::new(staging, limit),
             tail: std::collections::VecDeque::new(),
-        })
+        }
     }
 
     /// Scrubs a chunk and keeps it; returns what to show live (the chunk,

@@ -103,15 +103,15 @@ pub fn default_runtime() -> PathBuf {
 /// The tracing target of per-step phase timings: `KILN_LOG=kiln_phases=debug`
 /// prints one line per phase of every step, which `bench/step-overhead
 /// --phases` sums up.
-pub const PHASE_TARGET: &str = "kiln_phases";
+const PHASE_TARGET: &str = "kiln_phases";
 
-/// Reports how long one phase of a step took, since `since`.
-pub fn phase_done(container: &str, phase: &'static str, since: Instant) {
+/// Reports that one phase of a step took `took`.
+pub fn phase_done(container: &str, phase: &'static str, took: Duration) {
     tracing::debug!(
         target: PHASE_TARGET,
         container,
         phase,
-        ms = since.elapsed().as_secs_f64() * 1e3,
+        ms = took.as_secs_f64() * 1e3,
         "step phase"
     );
 }
@@ -655,7 +655,7 @@ impl Runtime {
             }
         };
 
-        phase_done(&id, "runtime", started);
+        phase_done(&id, "runtime", started.elapsed());
         let runtime_errors = if status.success() {
             Vec::new()
         } else {
@@ -746,7 +746,7 @@ impl Runtime {
             source,
         })?;
         guard.mounted = true;
-        phase_done(id, "mount", started);
+        phase_done(id, "mount", started.elapsed());
         let started = Instant::now();
 
         let user = user::resolve(&rootfs, spec.user.as_deref()).map_err(|e| Error::User {
@@ -805,7 +805,7 @@ impl Runtime {
             path: config_path.clone(),
             source,
         })?;
-        phase_done(id, "bundle", started);
+        phase_done(id, "bundle", started.elapsed());
         Ok(guard)
     }
 
@@ -1018,13 +1018,13 @@ impl RunGuard {
                     .map_err(|message| self.cleanup_error(message))?;
             }
             self.spawned = false;
-            phase_done(&self.container_id, "delete", started);
+            phase_done(&self.container_id, "delete", started.elapsed());
         }
         let started = Instant::now();
         let result = self
             .teardown_sync()
             .map_err(|message| self.cleanup_error(message));
-        phase_done(&self.container_id, "teardown", started);
+        phase_done(&self.container_id, "teardown", started.elapsed());
         result
     }
 

@@ -267,12 +267,10 @@ pub(crate) enum Unmounted {
     Lazily,
 }
 
-/// Unmounts everything stacked at `target`. Busy mounts are retried briefly
-/// (a dying container can hold them for a moment), then detached lazily.
 /// After a clean unmount, removes the marker a `volatile` mount leaves in
-/// its work dir (`work/incompat/volatile/dirty`), which makes the kernel refuse
-/// to mount that upper and work dir again: it is there to catch a crash
-/// while mounted, and a clean unmount is not one.
+/// its work dir (`work/incompat/volatile/dirty`), which makes the kernel
+/// refuse to mount that upper and work dir again: it is there to catch a
+/// crash while mounted, and a clean unmount is not one.
 pub(crate) fn forget_volatile(work: &Path) {
     let incompat = work.join("work/incompat");
     let _ = std::fs::remove_file(incompat.join("volatile/dirty"));
@@ -280,6 +278,8 @@ pub(crate) fn forget_volatile(work: &Path) {
     let _ = std::fs::remove_dir(incompat);
 }
 
+/// Unmounts everything stacked at `target`. Busy mounts are retried briefly
+/// (a dying container can hold them for a moment), then detached lazily.
 pub(crate) fn unmount(target: &Path) -> io::Result<Unmounted> {
     let mut outcome = Unmounted::Clean;
     let mut busy_retries = 0;

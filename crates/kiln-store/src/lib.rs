@@ -351,17 +351,7 @@ impl Store {
         validate_name("cache key", key)?;
         let mut record = format!("{AC_MAGIC} {}\n", blake3::hash(payload).to_hex()).into_bytes();
         record.extend_from_slice(payload);
-        let target = self.ac_path(key);
-        let mut file = tempfile::Builder::new()
-            .prefix("f-")
-            .tempfile_in(&self.session_tmp)
-            .ctx("create staging file in", &self.session_tmp)?;
-        file.write_all(&record)
-            .ctx("write", file.path().to_owned())?;
-        file.persist(&target)
-            .map_err(|e| e.error)
-            .ctx("put in place", &target)?;
-        Ok(())
+        self.write_staged(&self.ac_path(key), &record, false)
     }
 
     /// Forgets one action-cache entry (its result turned out unusable).
@@ -462,14 +452,22 @@ impl Store {
 
     /// Writes a small file by staging, fsync and rename.
     pub fn write_atomically(&self, target: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_staged(target, bytes, true)
+    }
+
+    /// Writes a small file by staging and rename, fsyncing it first if
+    /// `sync`.
+    fn write_staged(&self, target: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         let mut file = tempfile::Builder::new()
             .prefix("f-")
             .tempfile_in(&self.session_tmp)
             .ctx("create staging file in", &self.session_tmp)?;
         file.write_all(bytes).ctx("write", file.path().to_owned())?;
-        file.as_file()
-            .sync_all()
-            .ctx("sync", file.path().to_owned())?;
+        if sync {
+            file.as_file()
+                .sync_all()
+                .ctx("sync", file.path().to_owned())?;
+        }
         file.persist(target)
             .map_err(|e| e.error)
             .ctx("put in place", target)?;

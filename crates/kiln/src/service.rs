@@ -139,23 +139,17 @@ pub struct RepoLimitArgs {
 }
 
 impl RepoLimitArgs {
-    /// The `limits` object of the API's `CreateRepo`.
-    fn body(&self) -> Value {
-        let millis = |duration: std::time::Duration| duration.as_millis().max(1) as u64;
-        let mut limits = json!({});
-        if let Some(memory) = self.memory {
-            limits["step_memory_bytes"] = json!(memory);
+    /// The `limits` of the API's `CreateRepo`. A sub-millisecond timeout
+    /// counts as 1 ms, so it is not sent as "none".
+    fn limits(&self) -> kiln_server::RepoLimits {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let millis = |d: std::time::Duration| count(d.as_millis().max(1) as u64);
+        kiln_server::RepoLimits {
+            step_memory_bytes: self.memory.map(count),
+            step_cpu_millis: self.cpus.map(count),
+            step_timeout_ms: self.step_timeout.map(millis),
+            job_timeout_ms: self.job_timeout.map(millis),
         }
-        if let Some(cpus) = self.cpus {
-            limits["step_cpu_millis"] = json!(cpus);
-        }
-        if let Some(timeout) = self.step_timeout {
-            limits["step_timeout_ms"] = json!(millis(timeout));
-        }
-        if let Some(timeout) = self.job_timeout {
-            limits["job_timeout_ms"] = json!(millis(timeout));
-        }
-        limits
     }
 }
 
@@ -302,7 +296,7 @@ pub async fn repo(cmd: RepoCommand) -> Result<ExitCode> {
             if let Some(secret) = secret {
                 body["webhook_secret"] = json!(secret);
             }
-            body["limits"] = limits.body();
+            body["limits"] = json!(limits.limits());
             let _: Value = api.post("/api/repos", Some(&body)).await?;
             eprintln!("added repository {name}");
         }

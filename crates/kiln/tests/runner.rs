@@ -444,6 +444,18 @@ fn assert_contiguous(chunks: &[Value]) {
     );
 }
 
+/// A kiln.star whose `ci` prints "started", then sleeps as `sleep MARKER`
+/// (see [`wait_sleeping`]) until something stops it.
+fn sleeper_ci(marker: &str) -> String {
+    format!(
+        r#"
+def ci(source: Directory):
+    """Sleeps until stopped."""
+    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
+"#
+    )
+}
+
 /// Waits for `sleep MARKER` to run: it follows an `echo started` in the
 /// step, so the log may show that a moment before.
 fn wait_sleeping(marker: &str) {
@@ -719,13 +731,7 @@ fn a_cancelled_job_has_its_container_killed_within_two_seconds() {
     let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
     let marker = format!("{}", 7000 + std::process::id() % 1000);
-    let kiln_star = format!(
-        r#"
-def ci(source: Directory):
-    """Sleeps."""
-    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
-"#
-    );
+    let kiln_star = sleeper_ci(&marker);
     let repo = env.path("repo");
     let commit = git_repo(&repo, &kiln_star, &[]);
     server.add_repo("app", &repo);
@@ -912,17 +918,7 @@ def ci(source: Directory):
         &[],
     );
     let sleepy = env.path("sleepy");
-    let sleepy_commit = git_repo(
-        &sleepy,
-        &format!(
-            r#"
-def ci(source: Directory):
-    """Sleeps for good."""
-    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
-"#
-        ),
-        &[],
-    );
+    let sleepy_commit = git_repo(&sleepy, &sleeper_ci(&marker), &[]);
     server.add_repo("slow", &slow);
     server.add_repo("sleepy", &sleepy);
 
@@ -1178,13 +1174,7 @@ fn a_repositorys_limits_replace_the_runners_defaults() {
     let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
     let marker = format!("{}", 9000 + std::process::id() % 1000);
-    let kiln_star = format!(
-        r#"
-def ci(source: Directory):
-    """Sleeps past the repository's limits."""
-    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
-"#
-    );
+    let kiln_star = sleeper_ci(&marker);
     let repo = env.path("repo");
     let commit = git_repo(&repo, &kiln_star, &[]);
     let url = repo.to_str().unwrap();
@@ -1255,13 +1245,7 @@ fn a_job_past_the_runners_job_timeout_fails_saying_so_and_its_steps_are_killed()
     let env = Env::with_busybox(kiln_testkit::Compression::Gzip);
     let server = TestServer::start(&env.path("server"), Duration::from_secs(10));
     let marker = format!("{}", 8000 + std::process::id() % 1000);
-    let kiln_star = format!(
-        r#"
-def ci(source: Directory):
-    """Sleeps past the job timeout."""
-    return container("busybox:test").with_exec(["sh", "-c", "echo started; exec sleep {marker}"])
-"#
-    );
+    let kiln_star = sleeper_ci(&marker);
     let repo = env.path("repo");
     let commit = git_repo(&repo, &kiln_star, &[]);
     server.add_repo("app", &repo);

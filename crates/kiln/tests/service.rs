@@ -414,6 +414,7 @@ fn repos_triggers_and_jobs_from_the_command_line() {
     service.add_repo("lib");
     let zero = service.kiln(&["repo", "add", "bad", "--url", "x", "--cpus", "0"]);
     assert!(!zero.status.success(), "{}", show(&zero));
+    assert!(stderr(&zero).contains("cpus"), "{}", show(&zero));
     let again = service.kiln(&["repo", "add", "app", "--url", "https://x.example/a.git"]);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("409"), "{}", show(&again));

@@ -56,34 +56,7 @@ pub struct ClaimedJob {
     pub attempt: i64,
     /// The repository's defaults; a server without them sends none.
     #[serde(default)]
-    pub limits: RepoLimits,
-}
-
-/// A repository's defaults for its jobs (`RepoLimits` in API.md). Each
-/// field set replaces the runner's own default; a pipeline's own limits on
-/// a step still come first.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct RepoLimits {
-    pub step_memory_bytes: Option<u64>,
-    pub step_cpu_millis: Option<u64>,
-    pub step_timeout_ms: Option<u64>,
-    pub job_timeout_ms: Option<u64>,
-}
-
-impl RepoLimits {
-    /// The limits of steps that set none.
-    pub fn step_defaults(&self) -> kiln_engine::Limits {
-        kiln_engine::Limits {
-            memory_bytes: self.step_memory_bytes,
-            cpu_millis: self.step_cpu_millis,
-            pids: None,
-            timeout: self.step_timeout_ms.map(Duration::from_millis),
-        }
-    }
-
-    pub fn job_timeout(&self) -> Option<Duration> {
-        self.job_timeout_ms.map(Duration::from_millis)
-    }
+    pub limits: kiln_server::RepoLimits,
 }
 
 impl ClaimedJob {

@@ -151,7 +151,8 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
         }
     };
     let checked_out = OnceLock::new();
-    let (job_timeout, timeout_source) = job_timeout(ctx.job_timeout, job.limits.job_timeout());
+    let repo_timeout = job.limits.job_timeout_ms.and_then(millis);
+    let (job_timeout, timeout_source) = job_timeout(ctx.job_timeout, repo_timeout);
     let timer = job_timeout.map(|timeout| {
         let control = control.clone();
         tokio::spawn(async move {
@@ -223,6 +224,28 @@ pub async fn run(ctx: &JobContext, job: ClaimedJob, control: Arc<JobControl>) ->
     }
 }
 
+/// The repository's limits of steps that set none (`RepoLimits` in
+/// API.md). The server only stores positive numbers; anything else counts
+/// as unset.
+fn step_defaults(limits: &kiln_server::RepoLimits) -> kiln_engine::Limits {
+    let positive =
+        |value: Option<i64>| value.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0);
+    kiln_engine::Limits {
+        memory_bytes: positive(limits.step_memory_bytes),
+        cpu_millis: positive(limits.step_cpu_millis),
+        pids: None,
+        timeout: limits.step_timeout_ms.and_then(millis),
+    }
+}
+
+/// A positive number of milliseconds as a duration.
+fn millis(ms: i64) -> Option<Duration> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
 /// The shorter of the runner's and the repository's job timeouts, and
 /// which one it is, for the log.
 fn job_timeout(
@@ -269,7 +292,7 @@ async fn execute(
     let setup = ctx
         .setup
         .clone()
-        .with_limits(job.limits.step_defaults().or(ctx.setup.default_limits));
+        .with_limits(step_defaults(&job.limits).or(ctx.setup.default_limits));
     let called = pipeline::call_function(
         &setup,
         pipeline::ci_call(dir, ctx.locked, Vec::new()),
@@ -532,6 +555,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repositorys_limits_become_step_defaults_and_nonsense_is_unset() {
+        let limits = kiln_server::RepoLimits {
+            step_memory_bytes: Some(1 << 30),
+            step_cpu_millis: Some(0),
+            step_timeout_ms: Some(90_000),
+            job_timeout_ms: Some(-5),
+        };
+        let steps = step_defaults(&limits);
+        assert_eq!(steps.memory_bytes, Some(1 << 30));
+        assert_eq!(steps.cpu_millis, None);
+        assert_eq!(steps.pids, None);
+        assert_eq!(steps.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(limits.job_timeout_ms.and_then(millis), None);
+    }
 
     #[test]
     fn the_shorter_job_timeout_wins_and_is_named() {

@@ -27,46 +27,36 @@ pub struct RepoRow {
     pub poll_seconds: i64,
     pub has_webhook_secret: bool,
     #[serde(default)]
-    pub limits: RepoLimitsRow,
+    pub limits: kiln_server::RepoLimits,
 }
 
-/// A repository's job defaults, as the server lists them.
-#[derive(Debug, Default, Deserialize)]
-pub struct RepoLimitsRow {
-    pub step_memory_bytes: Option<u64>,
-    pub step_cpu_millis: Option<u64>,
-    pub step_timeout_ms: Option<u64>,
-    pub job_timeout_ms: Option<u64>,
-}
-
-impl RepoLimitsRow {
-    /// `memory 1g, cpus 2, step 10m, job 30m`, or `-` when none is set.
-    fn cell(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(bytes) = self.step_memory_bytes {
-            parts.push(format!("memory {}", memory(bytes)));
-        }
-        if let Some(millis) = self.step_cpu_millis {
-            parts.push(format!("cpus {}", millis as f64 / 1000.0));
-        }
-        if let Some(ms) = self.step_timeout_ms {
-            parts.push(format!("step {}", duration_ms(ms)));
-        }
-        if let Some(ms) = self.job_timeout_ms {
-            parts.push(format!("job {}", duration_ms(ms)));
-        }
-        if parts.is_empty() {
-            "-".to_owned()
-        } else {
-            parts.join(", ")
-        }
+/// A repository's job defaults, as the flags that set them:
+/// `memory 1g, cpus 2, step 10m, job 30m`, or `-` when none is set.
+fn limits_cell(limits: &kiln_server::RepoLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(bytes) = limits.step_memory_bytes {
+        parts.push(format!("memory {}", memory(bytes)));
+    }
+    if let Some(millis) = limits.step_cpu_millis {
+        parts.push(format!("cpus {}", millis as f64 / 1000.0));
+    }
+    if let Some(ms) = limits.step_timeout_ms {
+        parts.push(format!("step {}", duration_ms(ms)));
+    }
+    if let Some(ms) = limits.job_timeout_ms {
+        parts.push(format!("job {}", duration_ms(ms)));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
 /// Bytes in the largest unit that divides them, as `--memory` reads them.
-fn memory(bytes: u64) -> String {
+fn memory(bytes: i64) -> String {
     for (shift, unit) in [(30, "g"), (20, "m"), (10, "k")] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -74,9 +64,9 @@ fn memory(bytes: u64) -> String {
 }
 
 /// Milliseconds in the largest unit that divides them.
-fn duration_ms(ms: u64) -> String {
+fn duration_ms(ms: i64) -> String {
     for (unit_ms, unit) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
-        if ms >= unit_ms && ms.is_multiple_of(unit_ms) {
+        if ms >= unit_ms && ms % unit_ms == 0 {
             return format!("{}{unit}", ms / unit_ms);
         }
     }
@@ -134,7 +124,7 @@ pub fn repos(rows: &[RepoRow]) -> String {
                 } else {
                     "no".to_owned()
                 },
-                repo.limits.cell(),
+                limits_cell(&repo.limits),
             ]
         })
         .collect();
@@ -228,20 +218,23 @@ mod tests {
 
     #[test]
     fn repo_limits_read_as_the_flags_that_set_them() {
-        let limits = RepoLimitsRow {
+        let limits = kiln_server::RepoLimits {
             step_memory_bytes: Some(3 << 29),
             step_cpu_millis: Some(1500),
             step_timeout_ms: Some(90_000),
             job_timeout_ms: Some(7_200_000),
         };
-        assert_eq!(limits.cell(), "memory 1536m, cpus 1.5, step 90s, job 2h");
-        assert_eq!(RepoLimitsRow::default().cell(), "-");
-        let odd = RepoLimitsRow {
+        assert_eq!(
+            limits_cell(&limits),
+            "memory 1536m, cpus 1.5, step 90s, job 2h"
+        );
+        assert_eq!(limits_cell(&kiln_server::RepoLimits::default()), "-");
+        let odd = kiln_server::RepoLimits {
             step_memory_bytes: Some(1000),
             job_timeout_ms: Some(1500),
-            ..RepoLimitsRow::default()
+            ..kiln_server::RepoLimits::default()
         };
-        assert_eq!(odd.cell(), "memory 1000, job 1500ms");
+        assert_eq!(limits_cell(&odd), "memory 1000, job 1500ms");
     }
 
     #[test]

@@ -83,15 +83,13 @@ impl Env {
     }
 }
 
-/// A shell snippet that increments /count/NAME.
-/// The runtime the kiln under test uses: KILN_RUNTIME, else its default.
+/// The runtime the kiln under test uses (KILN_RUNTIME, else its default),
+/// as the engine picks it.
 pub fn runtime() -> PathBuf {
-    std::env::var_os("KILN_RUNTIME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(kiln_engine::default_runtime)
+    kiln_engine::EngineOptions::default().runtime
 }
 
+/// A shell snippet that increments /count/NAME.
 pub fn bump(name: &str) -> String {
     format!("n=$(cat /count/{name} 2>/dev/null || echo 0); echo $((n+1)) > /count/{name}")
 }
